@@ -1,0 +1,123 @@
+//! Support for the code `#[ddp_model]` generates. Not public API.
+//!
+//! Nested models are told apart from plain burn modules by autoref
+//! specialization: the `&&Field` impl applies only when the field's type
+//! implements [`DdpModel`]; otherwise method lookup derefs once and finds the
+//! plain-module impl on `&Field`. The generated call is always
+//! `(&&Field::<Backend, _>::new(&self.field)).__maskddp_…(…)`.
+
+use core::marker::PhantomData;
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+
+pub use crate::model::DdpModel;
+pub use crate::plan::PlanBuilder;
+pub use burn::module::Module as BurnModule;
+pub use burn::tensor::backend::Backend as BurnBackend;
+use crate::plan::for_each_param_id;
+use crate::recorder::{is_recording, record_id};
+
+/// Names the backend type parameter of a `#[ddp_model]` struct, so code
+/// generated for its impl blocks need not know how the user spelled it.
+pub trait ModelBackend {
+    /// The struct's backend.
+    type Backend: Backend;
+}
+
+/// A field of a model, seen from generated code.
+#[allow(missing_debug_implementations)]
+pub struct Field<'a, B, M: ?Sized>(&'a M, PhantomData<B>);
+
+impl<'a, B, M: ?Sized> Field<'a, B, M> {
+    /// Wraps a reference to a field.
+    pub fn new(module: &'a M) -> Self {
+        Field(module, PhantomData)
+    }
+}
+
+/// Records every parameter of `module` into the active scope.
+pub fn record_module<B: Backend, M: Module<B> + ?Sized>(module: &M) {
+    if is_recording() {
+        for_each_param_id(module, record_id);
+    }
+}
+
+/// Recording a use of a nested `#[ddp_model]`: its own instrumented methods
+/// record its conditional parameters, so only its always-used ones are added.
+pub trait TouchNested {
+    #[allow(missing_docs)]
+    fn __maskddp_touch(self);
+}
+
+impl<B: Backend, M: DdpModel<B> + ?Sized> TouchNested for &&Field<'_, B, M> {
+    #[inline]
+    fn __maskddp_touch(self) {
+        if is_recording() {
+            self.0.record_always_used();
+        }
+    }
+}
+
+/// Recording a use of a plain burn module: all of its parameters.
+pub trait TouchPlain {
+    #[allow(missing_docs)]
+    fn __maskddp_touch(self);
+}
+
+impl<B: Backend, M: Module<B> + ?Sized> TouchPlain for &Field<'_, B, M> {
+    #[inline]
+    fn __maskddp_touch(self) {
+        record_module::<B, M>(self.0);
+    }
+}
+
+/// Describing an always-used nested `#[ddp_model]`: it keeps its own split.
+pub trait PlanNested {
+    #[allow(missing_docs)]
+    fn __maskddp_plan_always(self, plan: &mut PlanBuilder);
+}
+
+impl<B: Backend, M: DdpModel<B> + ?Sized> PlanNested for &&Field<'_, B, M> {
+    fn __maskddp_plan_always(self, plan: &mut PlanBuilder) {
+        self.0.build_plan(plan);
+    }
+}
+
+/// Describing an always-used plain burn module: all its parameters are always.
+pub trait PlanPlain {
+    #[allow(missing_docs)]
+    fn __maskddp_plan_always(self, plan: &mut PlanBuilder);
+}
+
+impl<B: Backend, M: Module<B> + ?Sized> PlanPlain for &Field<'_, B, M> {
+    fn __maskddp_plan_always(self, plan: &mut PlanBuilder) {
+        plan.always::<B, M>(self.0);
+    }
+}
+
+/// Recording, for a parent that uses this model conditionally, the parts
+/// `forward` uses always: nested models add their own always-used parts,
+/// plain modules all their parameters.
+pub trait RecordNested {
+    #[allow(missing_docs)]
+    fn __maskddp_record_always(self);
+}
+
+impl<B: Backend, M: DdpModel<B> + ?Sized> RecordNested for &&Field<'_, B, M> {
+    fn __maskddp_record_always(self) {
+        self.0.record_always_used();
+    }
+}
+
+/// See [`RecordNested`].
+pub trait RecordPlain {
+    #[allow(missing_docs)]
+    fn __maskddp_record_always(self);
+}
+
+impl<B: Backend, M: Module<B> + ?Sized> RecordPlain for &Field<'_, B, M> {
+    fn __maskddp_record_always(self) {
+        record_module::<B, M>(self.0);
+    }
+}

@@ -1,0 +1,34 @@
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+
+use crate::layout::ParamLayout;
+use crate::plan::{PlanBuilder, UsagePlan};
+
+/// A burn module whose `forward` was analysed by `#[ddp_model]`.
+///
+/// The attribute implements this trait; writing it by hand is possible but
+/// then nothing checks that the plan matches what `forward` does.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `#[ddp_model]`",
+    note = "put `#[ddp_model]` on the struct and on the impl block that holds its `forward`"
+)]
+pub trait DdpModel<B: Backend>: Module<B> {
+    /// Appends how `forward` uses each parameter this model owns.
+    ///
+    /// Every parameter reached by `Module::visit` must be described exactly
+    /// once; the order does not matter (entries are keyed by parameter id).
+    fn build_plan(&self, plan: &mut PlanBuilder);
+
+    /// Records, into the active usage scope, the parameters `forward` uses on
+    /// every path. A parent that uses this model only in some branches calls
+    /// this; the model's own instrumented methods record the conditional rest.
+    fn record_always_used(&self);
+
+    /// The per-slot usage plan of this model instance (slots in `Module::visit`
+    /// order, with paths and shapes).
+    fn usage_plan(&self) -> UsagePlan {
+        let mut builder = PlanBuilder::default();
+        self.build_plan(&mut builder);
+        UsagePlan::new(ParamLayout::of(self), builder)
+    }
+}
