@@ -1,16 +1,27 @@
-//! Runtime of maskddp: usage recording, usage plans and parameter layouts.
+//! Runtime of maskddp: usage recording, usage plans, parameter layouts, the
+//! mask-aware gradient reducer and the collectives it runs on.
 //!
 //! Users depend on the `maskddp` facade crate, which re-exports everything here.
 
+pub mod collective;
+mod error;
 mod layout;
 mod model;
 mod plan;
 mod recorder;
+mod reducer;
+mod stats;
 
 #[doc(hidden)]
 pub mod __private;
 
+pub use collective::{
+    Collective, CollectiveError, Op, Tag, ThreadCollective, ThreadGroup, ThreadGroupConfig, WireBuf,
+};
+pub use error::DdpError;
 pub use layout::{ParamLayout, ParamSlot};
 pub use model::DdpModel;
 pub use plan::{PlanBuilder, PlanTable, Usage, UsagePlan};
 pub use recorder::{UsageRecord, record_usage};
+pub use reducer::{Averaging, Reducer, ReducerConfig, WireFormat, parameter_checksum};
+pub use stats::{StatsSummary, StepStats};

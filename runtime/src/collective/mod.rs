@@ -1,0 +1,294 @@
+//! The collective operations the reducer needs, and their failure reports.
+//!
+//! The trait is deliberately small so that MPI and NCCL can implement it with
+//! one library call per method. Every call carries a [`Tag`] (step number and
+//! operation) so an implementation can tell when ranks disagree about where
+//! they are, and say so instead of reducing unrelated buffers.
+
+mod thread_group;
+
+use std::fmt;
+use std::time::Duration;
+
+use half::{bf16, f16};
+
+pub use thread_group::{ThreadCollective, ThreadGroup, ThreadGroupConfig};
+
+/// The operation a collective call belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Set-up: comparing parameter layouts.
+    Layout,
+    /// Set-up: broadcasting rank 0's parameter values.
+    Broadcast,
+    /// The per-step exchange of conditional usage counts.
+    Usage,
+    /// The all-reduce of one gradient bucket (index within the step).
+    Bucket(u32),
+    /// An explicit barrier.
+    Barrier,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Layout => f.write_str("layout check"),
+            Op::Broadcast => f.write_str("parameter broadcast"),
+            Op::Usage => f.write_str("usage exchange"),
+            Op::Bucket(index) => write!(f, "all-reduce of bucket {index}"),
+            Op::Barrier => f.write_str("barrier"),
+        }
+    }
+}
+
+/// Where a rank is: its step number and the operation it is running.
+///
+/// Step 0 is set-up (layout check and broadcast); the reducer numbers training
+/// steps from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tag {
+    /// Step number (0 = set-up).
+    pub step: u64,
+    /// Operation within the step.
+    pub op: Op,
+}
+
+impl Tag {
+    /// A tag for `op` at `step`.
+    pub fn new(step: u64, op: Op) -> Self {
+        Self { step, op }
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.step == 0 {
+            write!(f, "set-up, {}", self.op)
+        } else {
+            write!(f, "step {}, {}", self.step, self.op)
+        }
+    }
+}
+
+/// A bucket in its wire format, for [`Collective::all_reduce_sum`].
+///
+/// The element type is what travels between ranks: compressed buckets cost two
+/// bytes per element. How an implementation sums (NCCL in the wire type, the
+/// thread group in f32 with one rounding) is its own business, but every rank
+/// must end with bit-identical results.
+#[derive(Debug)]
+pub enum WireBuf<'a> {
+    /// Uncompressed.
+    F32(&'a mut [f32]),
+    /// bfloat16 (same range as f32, 8-bit mantissa).
+    Bf16(&'a mut [bf16]),
+    /// IEEE half precision.
+    F16(&'a mut [f16]),
+}
+
+impl WireBuf<'_> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            WireBuf::F32(data) => data.len(),
+            WireBuf::Bf16(data) => data.len(),
+            WireBuf::F16(data) => data.len(),
+        }
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes per element on the wire.
+    pub fn element_bytes(&self) -> usize {
+        match self {
+            WireBuf::F32(_) => 4,
+            WireBuf::Bf16(_) | WireBuf::F16(_) => 2,
+        }
+    }
+}
+
+/// The collective operations of one rank.
+///
+/// Every rank must issue the same calls in the same order with the same tags
+/// and lengths; implementations detect and report violations where they can.
+/// After any error the group is broken: later calls fail too.
+pub trait Collective: Send {
+    /// This rank, in `0..world_size()`.
+    fn rank(&self) -> usize;
+
+    /// Number of ranks.
+    fn world_size(&self) -> usize;
+
+    /// Sums `data` element-wise over all ranks, in place; every rank ends with
+    /// the same bits.
+    fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError>;
+
+    /// Sums usage counts element-wise over all ranks, in place.
+    fn all_reduce_counts(&mut self, tag: Tag, counts: &mut [u32]) -> Result<(), CollectiveError>;
+
+    /// Overwrites `data` on every rank with `root`'s `data`.
+    fn broadcast(&mut self, tag: Tag, root: usize, data: &mut [f32])
+    -> Result<(), CollectiveError>;
+
+    /// Returns every rank's `local` bytes, indexed by rank. Set-up only: it may
+    /// allocate.
+    fn all_gather_bytes(&mut self, tag: Tag, local: &[u8])
+    -> Result<Vec<Vec<u8>>, CollectiveError>;
+
+    /// Waits until every rank arrives.
+    fn barrier(&mut self, tag: Tag) -> Result<(), CollectiveError>;
+
+    /// Tells the other ranks that this rank cannot continue, so they fail now
+    /// with `reason` instead of waiting for a timeout. Best effort.
+    fn abort(&mut self, tag: Tag, reason: &str) {
+        let _ = (tag, reason);
+    }
+}
+
+impl<C: Collective + ?Sized> Collective for Box<C> {
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+    fn world_size(&self) -> usize {
+        (**self).world_size()
+    }
+    fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError> {
+        (**self).all_reduce_sum(tag, data)
+    }
+    fn all_reduce_counts(&mut self, tag: Tag, counts: &mut [u32]) -> Result<(), CollectiveError> {
+        (**self).all_reduce_counts(tag, counts)
+    }
+    fn broadcast(
+        &mut self,
+        tag: Tag,
+        root: usize,
+        data: &mut [f32],
+    ) -> Result<(), CollectiveError> {
+        (**self).broadcast(tag, root, data)
+    }
+    fn all_gather_bytes(
+        &mut self,
+        tag: Tag,
+        local: &[u8],
+    ) -> Result<Vec<Vec<u8>>, CollectiveError> {
+        (**self).all_gather_bytes(tag, local)
+    }
+    fn barrier(&mut self, tag: Tag) -> Result<(), CollectiveError> {
+        (**self).barrier(tag)
+    }
+    fn abort(&mut self, tag: Tag, reason: &str) {
+        (**self).abort(tag, reason)
+    }
+}
+
+/// What one rank called, as reported in a mismatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallView {
+    /// The rank.
+    pub rank: usize,
+    /// Its tag.
+    pub tag: Tag,
+    /// Its buffer length in elements (bytes for the layout exchange).
+    pub len: usize,
+    /// The broadcast root it named, if the call was a broadcast.
+    pub root: Option<usize>,
+}
+
+impl fmt::Display for CallView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rank {} is at {} with {} elements",
+            self.rank, self.tag, self.len
+        )?;
+        if let Some(root) = self.root {
+            write!(f, " from root {root}")?;
+        }
+        Ok(())
+    }
+}
+
+fn list_ranks(ranks: &[usize]) -> String {
+    let names: Vec<String> = ranks.iter().map(usize::to_string).collect();
+    match names.len() {
+        1 => format!("rank {}", names[0]),
+        _ => format!("ranks {}", names.join(", ")),
+    }
+}
+
+/// Why a collective operation failed. Every variant names the step and the
+/// operation, and the rank(s) at fault where they are known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CollectiveError {
+    /// A rank left the group (its thread panicked or returned, or its process
+    /// exited) while others still expected it.
+    #[error(
+        "{tag}: {} left the group ({}) while rank {observer} was waiting for it; \
+         look for the first error or panic reported by {} — every rank must run the same steps",
+        list_ranks(departed),
+        if *panicked { "its thread panicked" } else { "it returned or dropped its collective" },
+        list_ranks(departed)
+    )]
+    Departed {
+        /// Where the observing rank was.
+        tag: Tag,
+        /// The rank that noticed.
+        observer: usize,
+        /// The ranks that left.
+        departed: Vec<usize>,
+        /// Whether (one of) them panicked.
+        panicked: bool,
+    },
+    /// Some ranks did not arrive in time.
+    #[error(
+        "{tag}: {} did not arrive within {waited:?} (rank {observer} gave up waiting); \
+         a rank is stuck, much slower, or stopped calling the reducer — \
+         raise the timeout if steps are legitimately this slow",
+        list_ranks(missing)
+    )]
+    Timeout {
+        /// Where the waiting rank was.
+        tag: Tag,
+        /// The rank that gave up.
+        observer: usize,
+        /// The ranks that had not arrived.
+        missing: Vec<usize>,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// Two ranks called different operations (or steps, or lengths) at the
+    /// same point of the sequence.
+    #[error(
+        "ranks disagree: {first} but {second}; nothing was reduced — every rank must \
+         call the reducer once per step, with the same model and configuration"
+    )]
+    Mismatch {
+        /// The first rank's call.
+        first: CallView,
+        /// A call that differs from it.
+        second: CallView,
+    },
+    /// A rank aborted the group with a reason.
+    #[error("{tag}: rank {rank} aborted the group: {reason}")]
+    Aborted {
+        /// Where the aborting rank was.
+        tag: Tag,
+        /// The rank that aborted.
+        rank: usize,
+        /// Its reason.
+        reason: String,
+    },
+    /// A call's arguments were invalid on this rank.
+    #[error("{tag}: invalid call on rank {rank}: {reason}")]
+    Invalid {
+        /// The call.
+        tag: Tag,
+        /// The calling rank.
+        rank: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}

@@ -1,0 +1,499 @@
+//! The mask-aware gradient reducer.
+//!
+//! Per step (SPEC §4): local usage = always ∪ recorded; gradients are checked
+//! against it; ranks sum their conditional usage in one small all-reduce; the
+//! gradients of globally used slots are packed into buckets laid out from the
+//! global mask alone, all-reduced, scaled and handed back. Slots no rank used
+//! get no gradient and cost nothing.
+
+mod buckets;
+mod grads;
+mod layout_check;
+mod params;
+mod usage;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::optim::GradientsParams;
+use burn::tensor::TensorData;
+use burn::tensor::backend::AutodiffBackend;
+use half::{bf16, f16};
+
+use crate::collective::{Collective, Op, Tag, WireBuf};
+use crate::error::DdpError;
+use crate::model::DdpModel;
+use crate::plan::{Usage, UsagePlan};
+use crate::recorder::UsageRecord;
+use crate::stats::{StatsSummary, StepStats};
+
+use buckets::{BucketCache, BucketLayout};
+use params::SlotInfo;
+use usage::UsageTracker;
+
+pub use params::parameter_checksum;
+
+/// How a reduced gradient is scaled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Averaging {
+    /// Sum over the ranks that used the parameter, divided by the world size
+    /// (PyTorch DDP and Horovod: a rank that did not use it counts as zero).
+    #[default]
+    WorldSize,
+    /// Sum divided by the number of ranks that used the parameter — what
+    /// mixture-of-experts training usually wants for experts.
+    Contributors,
+}
+
+impl fmt::Display for Averaging {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Averaging::WorldSize => "world-size",
+            Averaging::Contributors => "contributors",
+        })
+    }
+}
+
+/// The element type buckets travel in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum WireFormat {
+    /// Full precision.
+    #[default]
+    F32,
+    /// bfloat16: half the bytes, f32's range, about 3 significant digits.
+    Bf16,
+    /// IEEE half: half the bytes, more precision than bf16 but a range that
+    /// large gradients can overflow.
+    F16,
+}
+
+impl WireFormat {
+    /// Bytes per element on the wire.
+    pub fn element_bytes(self) -> usize {
+        match self {
+            WireFormat::F32 => 4,
+            WireFormat::Bf16 | WireFormat::F16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for WireFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WireFormat::F32 => "f32",
+            WireFormat::Bf16 => "bf16",
+            WireFormat::F16 => "f16",
+        })
+    }
+}
+
+/// Settings of a [`Reducer`]; every rank must use the same (checked at set-up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReducerConfig {
+    /// Largest bucket in wire bytes (default 25 MiB). A parameter larger than
+    /// this travels alone.
+    pub bucket_cap_bytes: usize,
+    /// How reduced gradients are scaled (default [`Averaging::WorldSize`]).
+    pub averaging: Averaging,
+    /// Whether [`Reducer::new`] overwrites every rank's parameters with rank
+    /// 0's (default `true`), so replicas start identical.
+    pub broadcast_parameters: bool,
+    /// The element type buckets travel in (default [`WireFormat::F32`]).
+    pub wire: WireFormat,
+}
+
+impl Default for ReducerConfig {
+    fn default() -> Self {
+        Self {
+            bucket_cap_bytes: 25 * 1024 * 1024,
+            averaging: Averaging::WorldSize,
+            broadcast_parameters: true,
+            wire: WireFormat::F32,
+        }
+    }
+}
+
+impl ReducerConfig {
+    /// Sets [`Self::bucket_cap_bytes`].
+    pub fn with_bucket_cap_bytes(mut self, bytes: usize) -> Self {
+        self.bucket_cap_bytes = bytes;
+        self
+    }
+
+    /// Sets [`Self::averaging`].
+    pub fn with_averaging(mut self, averaging: Averaging) -> Self {
+        self.averaging = averaging;
+        self
+    }
+
+    /// Sets [`Self::broadcast_parameters`].
+    pub fn with_broadcast_parameters(mut self, broadcast: bool) -> Self {
+        self.broadcast_parameters = broadcast;
+        self
+    }
+
+    /// Sets [`Self::wire`].
+    pub fn with_wire(mut self, wire: WireFormat) -> Self {
+        self.wire = wire;
+        self
+    }
+}
+
+/// Bucket layouts kept per rank; MoE routing produces few distinct masks.
+const BUCKET_CACHE_CAPACITY: usize = 64;
+
+/// One rank's gradient reducer for a `#[ddp_model]`.
+///
+/// ```ignore
+/// let (model, mut reducer) = Reducer::new(model, collective, ReducerConfig::default())?;
+/// for step in 0..steps {
+///     let output = reducer.forward(|| model.forward(x.clone()));
+///     let grads = GradientsParams::from_grads(loss(output).backward(), &model);
+///     let grads = reducer.reduce(grads)?;
+///     model = optim.step(lr, model, grads);
+/// }
+/// ```
+pub struct Reducer<B: AutodiffBackend, C: Collective> {
+    collective: C,
+    config: ReducerConfig,
+    plan: UsagePlan,
+    infos: Vec<SlotInfo<B::Device>>,
+    usage: UsageTracker,
+    record: UsageRecord,
+    buckets: BucketCache,
+    /// Per slot: this step's local gradient, taken out of burn.
+    local: Vec<Option<TensorData>>,
+    /// The bucket being reduced, in f32; reused across buckets and steps.
+    bucket: Vec<f32>,
+    wire_bf16: Vec<bf16>,
+    wire_f16: Vec<f16>,
+    step: u64,
+    last: StepStats,
+    summary: StatsSummary,
+    _backend: PhantomData<fn() -> B>,
+}
+
+impl<B: AutodiffBackend, C: Collective> fmt::Debug for Reducer<B, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reducer")
+            .field("rank", &self.collective.rank())
+            .field("world_size", &self.collective.world_size())
+            .field("config", &self.config)
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
+    /// Sets up this rank: checks that every rank has the same parameter
+    /// layout, plan and configuration, and (unless turned off) replaces this
+    /// rank's parameter values with rank 0's. Every rank must call it.
+    pub fn new<M: DdpModel<B>>(
+        model: M,
+        collective: C,
+        config: ReducerConfig,
+    ) -> Result<(M, Self), DdpError> {
+        let mut collective = collective;
+        let plan = model.usage_plan();
+        for slot in plan.layout().slots() {
+            let dims = slot.shape.len();
+            if dims == 0 || dims > grads::MAX_DIMS {
+                return Err(DdpError::UnsupportedDims {
+                    path: slot.path.clone(),
+                    dims,
+                });
+            }
+        }
+        let infos = params::slot_infos::<B, M>(&model);
+        let dtypes: Vec<_> = infos.iter().map(|info| info.dtype).collect();
+
+        let text = layout_check::fingerprint(&plan, &dtypes, &config);
+        let all = collective.all_gather_bytes(Tag::new(0, Op::Layout), text.as_bytes())?;
+        if let Some(detail) = layout_check::first_difference(&all) {
+            return Err(DdpError::LayoutMismatch { detail });
+        }
+
+        let mut model = model;
+        if config.broadcast_parameters && collective.world_size() > 1 {
+            let mut values = vec![0.0; plan.layout().numel()];
+            if collective.rank() == 0 {
+                params::flatten::<B, M>(&model, &mut values);
+            }
+            collective.broadcast(Tag::new(0, Op::Broadcast), 0, &mut values)?;
+            if collective.rank() != 0 {
+                model = params::assign::<B, M>(model, &values);
+            }
+        }
+
+        let slots = plan.layout().len();
+        let reducer = Self {
+            usage: UsageTracker::new(&plan),
+            collective,
+            config,
+            plan,
+            infos,
+            record: UsageRecord::default(),
+            buckets: BucketCache::new(BUCKET_CACHE_CAPACITY),
+            local: (0..slots).map(|_| None).collect(),
+            bucket: Vec::new(),
+            wire_bf16: Vec::new(),
+            wire_f16: Vec::new(),
+            step: 0,
+            last: StepStats::default(),
+            summary: StatsSummary::default(),
+            _backend: PhantomData,
+        };
+        Ok((model, reducer))
+    }
+
+    /// Runs `forward` inside this rank's usage scope. Call it for every
+    /// micro-batch of a step: usage is OR-ed until the next [`Self::reduce`].
+    pub fn forward<R>(&mut self, forward: impl FnOnce() -> R) -> R {
+        self.record.record(forward)
+    }
+
+    /// Reduces this step's gradients across ranks and returns the averaged
+    /// gradients of exactly the parameters some rank used.
+    ///
+    /// On error the group is broken (other ranks are told where possible);
+    /// stop training.
+    pub fn reduce(&mut self, grads: GradientsParams) -> Result<GradientsParams, DdpError> {
+        self.step += 1;
+        let step = self.step;
+        let result = self.reduce_step(grads);
+        if let Err(err) = &result
+            && !matches!(err, DdpError::Collective(_))
+        {
+            // Local errors: tell the others now rather than let them time out.
+            self.collective
+                .abort(Tag::new(step, Op::Usage), &err.to_string());
+        }
+        result
+    }
+
+    fn reduce_step(&mut self, mut grads: GradientsParams) -> Result<GradientsParams, DdpError> {
+        let step = self.step;
+        let world = self.collective.world_size();
+        let mut stats = StepStats {
+            step,
+            ..StepStats::default()
+        };
+
+        let start = Instant::now();
+        self.usage.set_local(self.record.ids());
+        self.record.clear();
+        self.take_local_grads(&mut grads)?;
+        stats.pack += start.elapsed();
+
+        let start = Instant::now();
+        if self.plan.has_conditional() {
+            let counts = self.usage.local_counts();
+            stats.usage_bytes = size_of_val(counts) as u64;
+            self.collective
+                .all_reduce_counts(Tag::new(step, Op::Usage), counts)?;
+        }
+        self.usage.set_global(world);
+        stats.exchange = start.elapsed();
+
+        let layout = self.bucket_layout();
+        let mut out = grads; // empty now: every known gradient was taken
+        for (index, bucket) in layout.buckets.iter().enumerate() {
+            let spans = layout.spans(bucket);
+
+            let start = Instant::now();
+            self.bucket.clear();
+            self.bucket.resize(bucket.numel, 0.0);
+            for span in spans {
+                // A used slot without a gradient (its output did not reach
+                // the loss) contributes the zeros already in place.
+                if let Some(data) = &self.local[span.slot] {
+                    grads::copy_f32(data, &mut self.bucket[span.range()]);
+                }
+            }
+            stats.pack += start.elapsed();
+
+            let start = Instant::now();
+            self.all_reduce_bucket(Tag::new(step, Op::Bucket(index as u32)))?;
+            stats.all_reduce += start.elapsed();
+
+            let start = Instant::now();
+            for span in spans {
+                let divisor = match self.config.averaging {
+                    Averaging::WorldSize => world as f32,
+                    Averaging::Contributors => self.usage.contributors(span.slot) as f32,
+                };
+                let values: Vec<f32> = self.bucket[span.range()]
+                    .iter()
+                    .map(|sum| sum / divisor)
+                    .collect();
+                let slot = &self.plan.layout().slots()[span.slot];
+                let info = &self.infos[span.slot];
+                grads::put::<B::InnerBackend>(
+                    &mut out,
+                    slot.id,
+                    &slot.shape,
+                    values,
+                    info.dtype,
+                    &info.device,
+                );
+            }
+            stats.unpack += start.elapsed();
+
+            stats.buckets += 1;
+            stats.bytes_sent += (bucket.numel * self.config.wire.element_bytes()) as u64;
+        }
+        stats.bytes_sent += stats.usage_bytes;
+
+        for (slot, usage) in self.plan.layout().slots().iter().zip(self.plan.usage()) {
+            if *usage == Usage::Frozen {
+                continue;
+            }
+            stats.dense_bytes += (slot.numel() * size_of::<f32>()) as u64;
+        }
+        for (index, slot) in self.plan.layout().slots().iter().enumerate() {
+            if self.plan.usage()[index] == Usage::Frozen {
+                continue;
+            }
+            if self.usage.is_global(index) {
+                stats.params_reduced += 1;
+                stats.elements_reduced += slot.numel();
+            } else {
+                stats.params_skipped += 1;
+                stats.elements_skipped += slot.numel();
+            }
+        }
+        self.local.iter_mut().for_each(|grad| *grad = None);
+        self.last = stats;
+        self.summary.add(&stats);
+        Ok(out)
+    }
+
+    /// Moves every gradient out of `grads` into `self.local`, checking each
+    /// against the plan and this step's usage.
+    fn take_local_grads(&mut self, grads: &mut GradientsParams) -> Result<(), DdpError> {
+        let step = self.step;
+        self.local.iter_mut().for_each(|grad| *grad = None);
+        for (index, slot) in self.plan.layout().slots().iter().enumerate() {
+            let Some(data) = grads::take::<B::InnerBackend>(grads, slot.id, slot.shape.len())
+            else {
+                continue;
+            };
+            if self.plan.usage()[index] == Usage::Frozen {
+                return Err(DdpError::FrozenGradient {
+                    step,
+                    path: slot.path.clone(),
+                });
+            }
+            if !self.usage.is_local(index) {
+                return Err(DdpError::UnplannedGradient {
+                    step,
+                    path: slot.path.clone(),
+                });
+            }
+            self.local[index] = Some(data);
+        }
+        if !grads.is_empty() {
+            return Err(DdpError::ForeignGradients {
+                step,
+                count: grads.len(),
+            });
+        }
+        Ok(())
+    }
+
+    fn bucket_layout(&mut self) -> Arc<BucketLayout> {
+        let usage = &self.usage;
+        let slots = self.plan.layout().slots();
+        let cap_elems = self.config.bucket_cap_bytes / self.config.wire.element_bytes();
+        self.buckets.get_or_build(usage.global_mask(), || {
+            let numels: Vec<usize> = slots.iter().map(|slot| slot.numel()).collect();
+            BucketLayout::build(&numels, |slot| usage.is_global(slot), cap_elems)
+        })
+    }
+
+    /// All-reduces `self.bucket` in the configured wire format, in place.
+    fn all_reduce_bucket(&mut self, tag: Tag) -> Result<(), DdpError> {
+        match self.config.wire {
+            WireFormat::F32 => self
+                .collective
+                .all_reduce_sum(tag, WireBuf::F32(&mut self.bucket))?,
+            WireFormat::Bf16 => {
+                self.wire_bf16.clear();
+                self.wire_bf16
+                    .extend(self.bucket.iter().map(|&x| bf16::from_f32(x)));
+                self.collective
+                    .all_reduce_sum(tag, WireBuf::Bf16(&mut self.wire_bf16))?;
+                for (out, x) in self.bucket.iter_mut().zip(&self.wire_bf16) {
+                    *out = x.to_f32();
+                }
+            }
+            WireFormat::F16 => {
+                self.wire_f16.clear();
+                self.wire_f16
+                    .extend(self.bucket.iter().map(|&x| f16::from_f32(x)));
+                self.collective
+                    .all_reduce_sum(tag, WireBuf::F16(&mut self.wire_f16))?;
+                for (out, x) in self.bucket.iter_mut().zip(&self.wire_f16) {
+                    *out = x.to_f32();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every rank reaches this point (for example before the
+    /// final replica check).
+    pub fn barrier(&mut self) -> Result<(), DdpError> {
+        Ok(self.collective.barrier(Tag::new(self.step, Op::Barrier))?)
+    }
+
+    /// The usage plan of the model this reducer was built for.
+    pub fn plan(&self) -> &UsagePlan {
+        &self.plan
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ReducerConfig {
+        &self.config
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.collective.rank()
+    }
+
+    /// Number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.collective.world_size()
+    }
+
+    /// Number of steps reduced so far (the last step's number).
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Sets the step counter, so that the next [`Self::reduce`] is step
+    /// `step + 1`. For resuming from a checkpoint: ranks resumed at different
+    /// steps are then reported instead of silently reduced together.
+    pub fn set_step(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    /// Statistics of the last [`Self::reduce`].
+    pub fn last_stats(&self) -> &StepStats {
+        &self.last
+    }
+
+    /// Statistics accumulated over all steps.
+    pub fn summary(&self) -> StatsSummary {
+        self.summary
+    }
+
+    /// The collective, for operations of your own (use step numbers and
+    /// operations the reducer does not, or ranks will report a mismatch).
+    pub fn collective_mut(&mut self) -> &mut C {
+        &mut self.collective
+    }
+}

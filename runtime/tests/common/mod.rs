@@ -1,0 +1,284 @@
+//! Shared test support: a small conditional model with a hand-written
+//! `DdpModel` impl, a seeded RNG, per-slot gradient extraction, and a harness
+//! that runs ranks in threads under a hard timeout.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use maskddp_runtime::__private::record_module;
+use maskddp_runtime::{DdpModel, PlanBuilder, ThreadCollective};
+
+pub type Ad = Autodiff<NdArray<f32>>;
+pub type Inner = NdArray<f32>;
+
+/// SplitMix64: tiny, seedable, good enough for test patterns.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    pub fn chance(&mut self, p: f32) -> bool {
+        self.unit() < p
+    }
+}
+
+/// Which conditional parts one forward uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Experts applied (summed) after the router.
+    pub experts: Vec<usize>,
+    /// Whether the head runs.
+    pub head: bool,
+    /// Bug injection: use the head without recording it.
+    pub forget_head_record: bool,
+    /// Bug injection: use the frozen layer.
+    pub use_frozen: bool,
+}
+
+/// router (always) → sum of chosen experts (conditional) → head (conditional);
+/// `frozen` is declared frozen and never used by a correct forward.
+#[derive(Module, Debug)]
+pub struct Moe<B: Backend> {
+    pub router: Linear<B>,
+    pub experts: Vec<Linear<B>>,
+    pub head: Linear<B>,
+    pub frozen: Linear<B>,
+}
+
+pub const D_IN: usize = 4;
+pub const D_HIDDEN: usize = 6;
+
+impl<B: Backend> Moe<B> {
+    pub fn new(experts: usize, device: &B::Device) -> Self {
+        Self::with_hidden(experts, D_HIDDEN, device)
+    }
+
+    pub fn with_hidden(experts: usize, hidden: usize, device: &B::Device) -> Self {
+        Self {
+            router: LinearConfig::new(D_IN, hidden).init(device),
+            experts: (0..experts)
+                .map(|_| LinearConfig::new(hidden, hidden).init(device))
+                .collect(),
+            head: LinearConfig::new(hidden, hidden).init(device),
+            frozen: LinearConfig::new(hidden, hidden).init(device),
+        }
+    }
+
+    /// What `#[ddp_model]` would instrument: each conditional use records
+    /// the module it touches.
+    pub fn forward(&self, x: Tensor<B, 2>, route: &Route) -> Tensor<B, 2> {
+        let hidden = self.router.forward(x).tanh();
+        let mut y = hidden.clone();
+        for &expert in &route.experts {
+            record_module::<B, _>(&self.experts[expert]);
+            y = y + self.experts[expert].forward(hidden.clone()).tanh();
+        }
+        if route.head {
+            if !route.forget_head_record {
+                record_module::<B, _>(&self.head);
+            }
+            y = self.head.forward(y);
+        }
+        if route.use_frozen {
+            y = self.frozen.forward(y);
+        }
+        y
+    }
+}
+
+impl<B: Backend> DdpModel<B> for Moe<B> {
+    fn build_plan(&self, plan: &mut PlanBuilder) {
+        plan.always::<B, _>(&self.router);
+        for expert in &self.experts {
+            plan.conditional::<B, _>(expert, "self.experts[expert]");
+        }
+        plan.conditional::<B, _>(&self.head, "if route.head");
+        plan.frozen::<B, _>(&self.frozen);
+    }
+
+    fn record_always_used(&self) {
+        record_module::<B, _>(&self.router);
+    }
+}
+
+/// Slot indices of each part of a [`Moe`] (Linear: weight then bias).
+pub fn router_slots() -> [usize; 2] {
+    [0, 1]
+}
+pub fn expert_slots(expert: usize) -> [usize; 2] {
+    [2 + 2 * expert, 3 + 2 * expert]
+}
+pub fn head_slots(experts: usize) -> [usize; 2] {
+    [2 + 2 * experts, 3 + 2 * experts]
+}
+pub fn frozen_slots(experts: usize) -> [usize; 2] {
+    [4 + 2 * experts, 5 + 2 * experts]
+}
+
+/// The slots a route uses (always ∪ recorded), as a per-slot flag.
+pub fn used_slots(experts: usize, route: &Route) -> Vec<bool> {
+    let mut used = vec![false; 6 + 2 * experts];
+    for slot in router_slots() {
+        used[slot] = true;
+    }
+    for &expert in &route.experts {
+        for slot in expert_slots(expert) {
+            used[slot] = true;
+        }
+    }
+    if route.head {
+        for slot in head_slots(experts) {
+            used[slot] = true;
+        }
+    }
+    used
+}
+
+/// Deterministic input for a rank and step.
+pub fn input<B: Backend>(seed: u64, rows: usize, device: &B::Device) -> Tensor<B, 2> {
+    let mut rng = Rng::new(seed);
+    let values: Vec<f32> = (0..rows * D_IN).map(|_| rng.unit() * 2.0 - 1.0).collect();
+    Tensor::from_data(TensorData::new(values, [rows, D_IN]), device)
+}
+
+/// Each slot's gradient in `grads` (visit order), as f32 values.
+pub fn grads_by_slot<B: AutodiffBackend, M: Module<B>>(
+    model: &M,
+    grads: &GradientsParams,
+) -> Vec<Option<Vec<f32>>> {
+    struct Collect<'a, B: AutodiffBackend> {
+        grads: &'a GradientsParams,
+        out: Vec<Option<Vec<f32>>>,
+        _b: std::marker::PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let grad = self.grads.get::<B::InnerBackend, D>(param.id);
+            self.out
+                .push(grad.map(|g| g.into_data().to_vec::<f32>().unwrap()));
+        }
+    }
+    let mut collect = Collect::<B> {
+        grads,
+        out: Vec::new(),
+        _b: std::marker::PhantomData,
+    };
+    model.visit(&mut collect);
+    collect.out
+}
+
+/// Every float parameter's values (visit order), one vector per slot.
+pub fn param_values<B: Backend, M: Module<B>>(model: &M) -> Vec<Vec<f32>> {
+    struct Collect(Vec<Vec<f32>>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0
+                .push(param.val().into_data().to_vec::<f32>().unwrap());
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    collect.0
+}
+
+/// Bit patterns of a slot list, for exact comparisons.
+pub fn bits(values: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    values
+        .iter()
+        .map(|slot| slot.iter().map(|x| x.to_bits()).collect())
+        .collect()
+}
+
+/// A rank's outcome: its value, or its panic message.
+pub type RankResult<T> = Result<T, String>;
+
+/// Runs `body(rank, collective)` on one thread per collective and returns the
+/// results by rank. Fails the test (instead of hanging) if any rank has not
+/// finished within `limit`.
+pub fn run_ranks<T, F>(
+    collectives: Vec<ThreadCollective>,
+    limit: Duration,
+    body: F,
+) -> Vec<RankResult<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize, ThreadCollective) -> T + Send + Sync + 'static,
+{
+    let world = collectives.len();
+    let body = Arc::new(body);
+    let (sender, receiver) = mpsc::channel();
+    for (rank, collective) in collectives.into_iter().enumerate() {
+        let body = Arc::clone(&body);
+        let sender = sender.clone();
+        std::thread::Builder::new()
+            .name(format!("rank {rank}"))
+            .spawn(move || {
+                let result =
+                    catch_unwind(AssertUnwindSafe(|| body(rank, collective))).map_err(|panic| {
+                        panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default()
+                    });
+                let _ = sender.send((rank, result));
+            })
+            .expect("spawn rank thread");
+    }
+    drop(sender);
+    let deadline = Instant::now() + limit;
+    let mut results: Vec<Option<RankResult<T>>> = (0..world).map(|_| None).collect();
+    for _ in 0..world {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match receiver.recv_timeout(left) {
+            Ok((rank, result)) => results[rank] = Some(result),
+            Err(_) => {
+                let missing: Vec<usize> = (0..world).filter(|&r| results[r].is_none()).collect();
+                panic!("ranks {missing:?} did not finish within {limit:?}: a hang");
+            }
+        }
+    }
+    results.into_iter().map(Option::unwrap).collect()
+}
+
+/// Unwraps every rank's result, naming the rank that panicked.
+pub fn all_ok<T>(results: Vec<RankResult<T>>) -> Vec<T> {
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(rank, result)| {
+            result.unwrap_or_else(|panic| panic!("rank {rank} panicked: {panic}"))
+        })
+        .collect()
+}
