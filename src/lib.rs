@@ -13,5 +13,6 @@ pub use maskddp_runtime::*;
 /// Support for generated code. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use maskddp_macros::ddp_model_impl;
     pub use maskddp_runtime::__private::*;
 }
