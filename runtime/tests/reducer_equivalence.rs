@@ -258,3 +258,56 @@ fn statistics_count_skipped_parameters_and_bytes() {
     assert_eq!(stats.buckets, 1);
     println!("{stats}");
 }
+
+/// Tied weights: one parameter visited twice; its gradient must survive
+/// (the second slot must not overwrite it with zeros).
+#[derive(burn::module::Module, Debug)]
+struct Tied<B: burn::tensor::backend::Backend> {
+    first: burn::nn::Linear<B>,
+    second: burn::nn::Linear<B>,
+}
+
+impl<B: burn::tensor::backend::Backend> maskddp_runtime::DdpModel<B> for Tied<B> {
+    fn build_plan(&self, plan: &mut maskddp_runtime::PlanBuilder) {
+        plan.always::<B, _>(&self.first);
+        plan.always::<B, _>(&self.second);
+    }
+
+    fn record_always_used(&self) {}
+}
+
+#[test]
+fn tied_weights_keep_their_gradient() {
+    let results = all_ok(run_ranks(ThreadGroup::new(2), LIMIT, |rank, collective| {
+        let device = Default::default();
+        let linear = burn::nn::LinearConfig::new(D_IN, D_IN).init::<Ad>(&device);
+        let _ = param_values::<Ad, _>(&linear); // initialize before tying
+        let model = Tied {
+            first: linear.clone(),
+            second: linear,
+        };
+        let (model, mut reducer) =
+            Reducer::new(model, collective, ReducerConfig::default()).unwrap();
+        assert_eq!(reducer.plan().layout().len(), 4);
+        let x = input::<Ad>(rank as u64, 2, &device);
+        let y = reducer.forward(|| model.second.forward(model.first.forward(x)));
+        let grads = GradientsParams::from_grads(y.sum().backward(), &model);
+        let local = grads_by_slot::<Ad, _>(&model, &grads);
+        let reduced = grads_by_slot::<Ad, _>(&model, &reducer.reduce(grads).unwrap());
+        (local, reduced, *reducer.last_stats())
+    }));
+    for (_, reduced, stats) in &results {
+        // The layout repeats the tied slots; the reduction counts them once.
+        assert_eq!(stats.params_reduced, 2);
+        for (slot, reduced) in reduced.iter().enumerate().take(2) {
+            let expected: Vec<f32> = results[0].0[slot]
+                .as_ref()
+                .unwrap()
+                .iter()
+                .zip(results[1].0[slot].as_ref().unwrap())
+                .map(|(a, b)| (a + b) / 2.0)
+                .collect();
+            assert_eq!(reduced.as_ref().unwrap(), &expected);
+        }
+    }
+}

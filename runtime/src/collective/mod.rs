@@ -244,9 +244,9 @@ pub enum CollectiveError {
     },
     /// Some ranks did not arrive in time.
     #[error(
-        "{tag}: {} did not arrive within {waited:?} (rank {observer} gave up waiting); \
-         a rank is stuck, much slower, or stopped calling the reducer — \
-         raise the timeout if steps are legitimately this slow",
+        "{tag}: {} did not arrive within {waited:.0?} (rank {observer} gave up waiting); \
+         a rank is stuck, much slower, or stopped calling the reducer — raise the \
+         collective's timeout if steps are legitimately this slow",
         list_ranks(missing)
     )]
     Timeout {

@@ -346,16 +346,11 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         }
         stats.bytes_sent += stats.usage_bytes;
 
-        for (slot, usage) in self.plan.layout().slots().iter().zip(self.plan.usage()) {
-            if *usage == Usage::Frozen {
+        for (index, slot) in self.plan.layout().slots().iter().enumerate() {
+            if self.plan.usage()[index] == Usage::Frozen || self.usage.is_alias(index) {
                 continue;
             }
             stats.dense_bytes += (slot.numel() * size_of::<f32>()) as u64;
-        }
-        for (index, slot) in self.plan.layout().slots().iter().enumerate() {
-            if self.plan.usage()[index] == Usage::Frozen {
-                continue;
-            }
             if self.usage.is_global(index) {
                 stats.params_reduced += 1;
                 stats.elements_reduced += slot.numel();
@@ -376,6 +371,9 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         let step = self.step;
         self.local.iter_mut().for_each(|grad| *grad = None);
         for (index, slot) in self.plan.layout().slots().iter().enumerate() {
+            if self.usage.is_alias(index) {
+                continue;
+            }
             let Some(data) = grads::take::<B::InnerBackend>(grads, slot.id, slot.shape.len())
             else {
                 continue;

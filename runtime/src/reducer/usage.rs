@@ -4,6 +4,7 @@
 //! frozen slots by none, so both are known without talking.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use burn::module::ParamId;
 
@@ -15,6 +16,10 @@ pub(crate) struct UsageTracker {
     /// lifetime (optimizers keep them).
     slot_of: HashMap<ParamId, usize>,
     kinds: Vec<Usage>,
+    /// Per slot: a second visit of a parameter already seen (tied weights).
+    /// burn keys gradients by id, so only the first slot carries it; aliases
+    /// are never used, reduced or counted.
+    alias: Vec<bool>,
     /// The conditional slots, in slot order; `counts[i]` belongs to `conditional[i]`.
     conditional: Vec<usize>,
     /// Per slot: used by this rank in this step.
@@ -31,14 +36,20 @@ impl UsageTracker {
     pub fn new(plan: &UsagePlan) -> Self {
         let slots = plan.layout().slots();
         let mut slot_of = HashMap::with_capacity(slots.len());
+        let mut alias = vec![false; slots.len()];
         for (index, slot) in slots.iter().enumerate() {
-            // A parameter visited twice (tied weights) keeps its first slot.
-            slot_of.entry(slot.id).or_insert(index);
+            match slot_of.entry(slot.id) {
+                Entry::Occupied(_) => alias[index] = true,
+                Entry::Vacant(entry) => {
+                    entry.insert(index);
+                }
+            }
         }
         let conditional: Vec<usize> = plan.conditional_slots().collect();
         Self {
             slot_of,
             kinds: plan.usage().to_vec(),
+            alias,
             counts: vec![0; conditional.len()],
             conditional,
             local: vec![false; slots.len()],
@@ -50,14 +61,19 @@ impl UsageTracker {
     /// Sets the local usage to always ∪ `recorded`. Ids of parameters outside
     /// the model (another model recorded in the same scope) are ignored.
     pub fn set_local(&mut self, recorded: &[ParamId]) {
-        for (used, kind) in self.local.iter_mut().zip(&self.kinds) {
-            *used = *kind == Usage::Always;
+        for ((used, kind), alias) in self.local.iter_mut().zip(&self.kinds).zip(&self.alias) {
+            *used = *kind == Usage::Always && !alias;
         }
         for id in recorded {
             if let Some(&slot) = self.slot_of.get(id) {
                 self.local[slot] = true;
             }
         }
+    }
+
+    /// Whether `slot` repeats an earlier slot's parameter (tied weights).
+    pub fn is_alias(&self, slot: usize) -> bool {
+        self.alias[slot]
     }
 
     /// Whether this rank used `slot` in this step.
@@ -79,8 +95,8 @@ impl UsageTracker {
         self.mask.iter_mut().for_each(|word| *word = 0);
         for (slot, kind) in self.kinds.iter().enumerate() {
             self.contributors[slot] = match kind {
-                Usage::Always => world_size as u32,
-                Usage::Conditional { .. } | Usage::Frozen => 0,
+                Usage::Always if !self.alias[slot] => world_size as u32,
+                _ => 0,
             };
         }
         for (&count, &slot) in self.counts.iter().zip(&self.conditional) {

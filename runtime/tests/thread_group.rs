@@ -1,0 +1,364 @@
+//! The in-process collective: sums, broadcasts and gathers are correct and
+//! identical on every rank, and every failure ends in an error on every rank
+//! within the timeout, never a hang.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::*;
+use half::{bf16, f16};
+use maskddp_runtime::{
+    Collective, CollectiveError, Op, Tag, ThreadGroup, ThreadGroupConfig, WireBuf,
+};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn short_timeout(world: usize, timeout: Duration) -> Vec<maskddp_runtime::ThreadCollective> {
+    ThreadGroup::with_config(world, ThreadGroupConfig::default().with_timeout(timeout))
+}
+
+/// Rank `r`'s element `i`: distinct small integers, so sums are exact.
+fn value(rank: usize, i: usize) -> f32 {
+    ((rank * 31 + i * 7) % 97) as f32 - 40.0
+}
+
+#[test]
+fn all_reduce_sums_any_length_on_any_world_size() {
+    for world in 1..=8 {
+        // Empty, fewer elements than ranks, odd, and larger buffers.
+        let lengths = [0usize, 1, 3, 5, 7, 64, 1001];
+        let results = all_ok(run_ranks(
+            ThreadGroup::new(world),
+            LIMIT,
+            move |rank, mut collective| {
+                let mut out = Vec::new();
+                for (index, &len) in lengths.iter().enumerate() {
+                    let mut data: Vec<f32> = (0..len).map(|i| value(rank, i)).collect();
+                    collective
+                        .all_reduce_sum(
+                            Tag::new(1, Op::Bucket(index as u32)),
+                            WireBuf::F32(&mut data),
+                        )
+                        .unwrap();
+                    out.push(data);
+                }
+                out
+            },
+        ));
+        for (index, &len) in lengths.iter().enumerate() {
+            let expected: Vec<f32> = (0..len)
+                .map(|i| (0..world).map(|r| value(r, i)).sum())
+                .collect();
+            for rank_result in &results {
+                assert_eq!(rank_result[index], expected, "world {world}, length {len}");
+            }
+        }
+    }
+}
+
+#[test]
+fn sums_are_bit_identical_across_ranks() {
+    let world = 5;
+    let results = all_ok(run_ranks(
+        ThreadGroup::new(world),
+        LIMIT,
+        move |rank, mut collective| {
+            let mut rng = Rng::new(rank as u64);
+            let mut data: Vec<f32> = (0..333).map(|_| rng.unit() * 1e3 - 5e2).collect();
+            collective
+                .all_reduce_sum(Tag::new(1, Op::Bucket(0)), WireBuf::F32(&mut data))
+                .unwrap();
+            data.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        },
+    ));
+    for result in &results[1..] {
+        assert_eq!(result, &results[0]);
+    }
+}
+
+#[test]
+fn compressed_and_count_reductions() {
+    let world = 3;
+    let results = all_ok(run_ranks(
+        ThreadGroup::new(world),
+        LIMIT,
+        move |rank, mut collective| {
+            let mut b: Vec<bf16> = (0..10).map(|i| bf16::from_f32(value(rank, i))).collect();
+            collective
+                .all_reduce_sum(Tag::new(1, Op::Bucket(0)), WireBuf::Bf16(&mut b))
+                .unwrap();
+            let mut h: Vec<f16> = (0..10).map(|i| f16::from_f32(value(rank, i))).collect();
+            collective
+                .all_reduce_sum(Tag::new(1, Op::Bucket(1)), WireBuf::F16(&mut h))
+                .unwrap();
+            let mut counts: Vec<u32> = (0..4).map(|i| u32::from(i % world == rank)).collect();
+            collective
+                .all_reduce_counts(Tag::new(1, Op::Usage), &mut counts)
+                .unwrap();
+            (
+                b.iter().map(|x| x.to_f32()).collect::<Vec<_>>(),
+                h.iter().map(|x| x.to_f32()).collect::<Vec<_>>(),
+                counts,
+            )
+        },
+    ));
+    let expected: Vec<f32> = (0..10)
+        .map(|i| (0..world).map(|r| value(r, i)).sum())
+        .collect();
+    for (b, h, counts) in results {
+        assert_eq!(b, expected); // small integers are exact in bf16
+        assert_eq!(h, expected);
+        assert_eq!(counts, vec![1, 1, 1, 1]);
+    }
+}
+
+#[test]
+fn broadcast_gather_and_barrier() {
+    let world = 4;
+    let results = all_ok(run_ranks(
+        ThreadGroup::new(world),
+        LIMIT,
+        move |rank, mut collective| {
+            let mut data = vec![rank as f32; 9];
+            collective
+                .broadcast(Tag::new(0, Op::Broadcast), 2, &mut data)
+                .unwrap();
+            let all = collective
+                .all_gather_bytes(Tag::new(0, Op::Layout), &vec![rank as u8; rank])
+                .unwrap();
+            collective.barrier(Tag::new(0, Op::Barrier)).unwrap();
+            (data, all)
+        },
+    ));
+    for (data, all) in results {
+        assert_eq!(data, vec![2.0; 9]);
+        assert_eq!(
+            all,
+            (0..world).map(|r| vec![r as u8; r]).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn many_operations_in_a_row_do_not_deadlock() {
+    let world = 4;
+    all_ok(run_ranks(
+        ThreadGroup::new(world),
+        LIMIT,
+        move |rank, mut collective| {
+            for step in 1..=2000u64 {
+                let mut counts = vec![1u32; 3];
+                collective
+                    .all_reduce_counts(Tag::new(step, Op::Usage), &mut counts)
+                    .unwrap();
+                assert_eq!(counts, vec![world as u32; 3]);
+                let mut data = vec![rank as f32; (step % 13) as usize];
+                collective
+                    .all_reduce_sum(Tag::new(step, Op::Bucket(0)), WireBuf::F32(&mut data))
+                    .unwrap();
+                assert!(data.iter().all(|&x| x == 6.0));
+            }
+        },
+    ));
+}
+
+fn errors(results: Vec<RankResult<Result<(), CollectiveError>>>) -> Vec<CollectiveError> {
+    all_ok(results)
+        .into_iter()
+        .map(|r| r.expect_err("expected an error"))
+        .collect()
+}
+
+#[test]
+fn differing_steps_are_a_mismatch_on_every_rank() {
+    let errors = errors(run_ranks(
+        short_timeout(3, LIMIT),
+        LIMIT,
+        |rank, mut collective| {
+            // Rank 1 skipped a step.
+            let step = if rank == 1 { 5 } else { 4 };
+            let mut counts = vec![1u32; 2];
+            collective.all_reduce_counts(Tag::new(step, Op::Usage), &mut counts)
+        },
+    ));
+    for err in &errors {
+        let message = err.to_string();
+        assert!(matches!(err, CollectiveError::Mismatch { .. }), "{message}");
+        assert!(
+            message.contains("rank 1 is at step 5, usage exchange"),
+            "{message}"
+        );
+        assert!(message.contains("at step 4, usage exchange"), "{message}");
+    }
+}
+
+#[test]
+fn differing_lengths_and_operations_are_mismatches() {
+    let errors = errors(run_ranks(
+        short_timeout(2, LIMIT),
+        LIMIT,
+        |rank, mut collective| {
+            let mut data = vec![0.0f32; 3 + rank];
+            collective.all_reduce_sum(Tag::new(2, Op::Bucket(0)), WireBuf::F32(&mut data))
+        },
+    ));
+    for err in &errors {
+        assert!(err.to_string().contains("with 3 elements"), "{err}");
+        assert!(err.to_string().contains("with 4 elements"), "{err}");
+    }
+    let errors = errors_of_ops();
+    for err in &errors {
+        assert!(err.to_string().contains("all-reduce of bucket 0"), "{err}");
+        assert!(err.to_string().contains("all-reduce of bucket 1"), "{err}");
+    }
+}
+
+fn errors_of_ops() -> Vec<CollectiveError> {
+    errors(run_ranks(
+        short_timeout(2, LIMIT),
+        LIMIT,
+        |rank, mut collective| {
+            let mut data = vec![0.0f32; 3];
+            collective.all_reduce_sum(
+                Tag::new(2, Op::Bucket(rank as u32)),
+                WireBuf::F32(&mut data),
+            )
+        },
+    ))
+}
+
+#[test]
+fn a_rank_that_never_arrives_is_named_in_a_timeout() {
+    let timeout = Duration::from_millis(300);
+    let start = Instant::now();
+    let results = all_ok(run_ranks(
+        short_timeout(4, timeout),
+        LIMIT,
+        move |rank, mut collective| {
+            if rank == 3 {
+                // Stuck in something else for longer than the timeout.
+                std::thread::sleep(timeout * 4);
+            }
+            collective.barrier(Tag::new(7, Op::Barrier))
+        },
+    ));
+    assert!(start.elapsed() < LIMIT);
+    for (rank, result) in results.into_iter().enumerate() {
+        let err = result.expect_err("expected a timeout");
+        let message = err.to_string();
+        // Rank 3 itself arrives after the others gave up: it sees their error.
+        assert!(
+            message.contains("step 7, barrier"),
+            "rank {rank}: {message}"
+        );
+        assert!(
+            message.contains("rank 3 did not arrive"),
+            "rank {rank}: {message}"
+        );
+    }
+}
+
+#[test]
+fn a_dropped_rank_fails_its_waiting_peers_promptly() {
+    let timeout = Duration::from_secs(20);
+    let start = Instant::now();
+    let results = run_ranks(short_timeout(3, timeout), LIMIT, |rank, mut collective| {
+        if rank == 2 {
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("rank 2 fails on purpose");
+        }
+        collective.barrier(Tag::new(3, Op::Barrier))
+    });
+    assert!(
+        start.elapsed() < timeout,
+        "peers waited for the timeout instead of noticing the departure"
+    );
+    for (rank, result) in results.into_iter().enumerate() {
+        match result {
+            Err(panic) => assert_eq!(rank, 2, "{panic}"),
+            Ok(result) => {
+                let message = result.unwrap_err().to_string();
+                assert!(message.contains("step 3, barrier"), "{message}");
+                assert!(
+                    message.contains("rank 2 left the group (its thread panicked)"),
+                    "{message}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_rank_arriving_after_a_peer_left_fails_at_once() {
+    let (mut collectives, gate) = (short_timeout(2, LIMIT), Arc::new(Barrier::new(2)));
+    let second = collectives.pop().unwrap();
+    let first = collectives.pop().unwrap();
+    let gate2 = Arc::clone(&gate);
+    let leaver = std::thread::spawn(move || {
+        drop(second); // returns without panicking
+        gate2.wait();
+    });
+    gate.wait();
+    leaver.join().unwrap();
+    let mut first = first;
+    let start = Instant::now();
+    let err = first.barrier(Tag::new(1, Op::Barrier)).unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(
+        err.to_string()
+            .contains("rank 1 left the group (it returned or dropped its collective)"),
+        "{err}"
+    );
+    // The group stays broken.
+    assert_eq!(first.barrier(Tag::new(2, Op::Barrier)).unwrap_err(), err);
+}
+
+#[test]
+fn a_completed_operation_survives_peers_leaving_right_after() {
+    // Ranks that finish the same operations and drop their collectives must
+    // not fail a slower peer that already completed the last rendezvous.
+    for _ in 0..200 {
+        all_ok(run_ranks(
+            ThreadGroup::new(4),
+            LIMIT,
+            |rank, mut collective| {
+                let mut data = vec![1.0f32; 8];
+                collective
+                    .all_reduce_sum(Tag::new(1, Op::Bucket(0)), WireBuf::F32(&mut data))
+                    .unwrap_or_else(|err| panic!("rank {rank}: {err}"));
+            },
+        ));
+    }
+}
+
+#[test]
+fn abort_reaches_every_rank() {
+    let results = all_ok(run_ranks(
+        short_timeout(3, LIMIT),
+        LIMIT,
+        |rank, mut collective| {
+            if rank == 0 {
+                collective.abort(Tag::new(4, Op::Usage), "bad gradient");
+            }
+            collective.barrier(Tag::new(4, Op::Barrier))
+        },
+    ));
+    for result in results {
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("step 4, usage exchange: rank 0 aborted the group: bad gradient"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn invalid_broadcast_root_is_reported() {
+    let mut collectives = ThreadGroup::new(1);
+    let err = collectives[0]
+        .broadcast(Tag::new(0, Op::Broadcast), 3, &mut [0.0])
+        .unwrap_err();
+    assert!(err.to_string().contains("root 3"), "{err}");
+}

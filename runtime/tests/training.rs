@@ -1,0 +1,192 @@
+//! Training a conditional model on four thread ranks keeps every replica
+//! bit-identical, and parameters no rank used in a step do not move in that
+//! step — not even under Adam, whose momentum would otherwise keep moving them.
+
+mod common;
+
+use std::time::Duration;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::TensorData;
+use common::*;
+use maskddp_runtime::{
+    Averaging, Reducer, ReducerConfig, StatsSummary, ThreadGroup, parameter_checksum,
+};
+
+const WORLD: usize = 4;
+const STEPS: usize = 50;
+const EXPERTS: usize = 6;
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Rank `rank`'s route at `step`. Experts 0–3 rotate; expert 4 is used only
+/// by rank 2 in steps 10–19 and expert 5 only by rank 0 in steps 30–34, so
+/// both sit unused by every rank for long stretches (after having moment
+/// state, in expert 4's case). The head runs when `step % 7 == rank`, so
+/// steps with `step % 7` in 4..7 use it nowhere.
+fn route(rank: usize, step: usize) -> Route {
+    let mut experts = vec![(rank + step / 5) % 4];
+    if rank == 2 && (10..20).contains(&step) {
+        experts.push(4);
+    }
+    if rank == 0 && (30..35).contains(&step) {
+        experts.push(5);
+    }
+    Route {
+        experts,
+        head: step % 7 == rank,
+        ..Route::default()
+    }
+}
+
+/// Slots no rank uses at `step`.
+fn globally_unused(step: usize) -> Vec<usize> {
+    let mut used = [false; 6 + 2 * EXPERTS];
+    for rank in 0..WORLD {
+        for (slot, u) in used_slots(EXPERTS, &route(rank, step))
+            .into_iter()
+            .enumerate()
+        {
+            used[slot] |= u;
+        }
+    }
+    (0..used.len()).filter(|&slot| !used[slot]).collect()
+}
+
+struct Replica {
+    bits: Vec<Vec<u32>>,
+    checksum: u64,
+    losses: Vec<f32>,
+    summary: StatsSummary,
+}
+
+fn train<O>(make_optimizer: fn() -> O, lr: f64, averaging: Averaging) -> Vec<Replica>
+where
+    O: Optimizer<Moe<Ad>, Ad> + 'static,
+{
+    all_ok(run_ranks(
+        ThreadGroup::new(WORLD),
+        LIMIT,
+        move |rank, collective| {
+            let device = Default::default();
+            let config = ReducerConfig::default()
+                .with_averaging(averaging)
+                .with_bucket_cap_bytes(256);
+            let (mut model, mut reducer) =
+                Reducer::new(Moe::<Ad>::new(EXPERTS, &device), collective, config).unwrap();
+            let mut optimizer = make_optimizer();
+            let mut losses = Vec::new();
+            for step in 0..STEPS {
+                let x = input::<Ad>((step * WORLD + rank) as u64, 8, &device);
+                let target = input::<Ad>(10_000 + (step * WORLD + rank) as u64, 8, &device)
+                    .slice([0..8, 0..2])
+                    .repeat_dim(1, 3);
+                let y = reducer.forward(|| model.forward(x, &route(rank, step)));
+                let loss = (y - target).powi_scalar(2).mean();
+                losses.push(loss.clone().into_scalar());
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                let grads = reducer.reduce(grads).unwrap();
+
+                let unused = globally_unused(step);
+                let before = param_values::<Ad, _>(&model);
+                model = optimizer.step(lr, model, grads);
+                let after = param_values::<Ad, _>(&model);
+                for slot in 0..before.len() {
+                    if unused.contains(&slot) {
+                        assert_eq!(
+                            bits(&before[slot..=slot]),
+                            bits(&after[slot..=slot]),
+                            "rank {rank} step {step}: slot {slot} moved although no rank used it"
+                        );
+                    }
+                }
+                // The frozen layer never changes.
+                for slot in frozen_slots(EXPERTS) {
+                    assert_eq!(bits(&before[slot..=slot]), bits(&after[slot..=slot]));
+                }
+            }
+            reducer.barrier().unwrap();
+            Replica {
+                bits: bits(&param_values::<Ad, _>(&model)),
+                checksum: parameter_checksum::<Ad, _>(&model),
+                losses,
+                summary: reducer.summary(),
+            }
+        },
+    ))
+}
+
+fn check_replicas(replicas: &[Replica], name: &str) {
+    for (rank, replica) in replicas.iter().enumerate().skip(1) {
+        assert_eq!(
+            replica.checksum, replicas[0].checksum,
+            "{name}: rank {rank}"
+        );
+        assert!(
+            replica.bits == replicas[0].bits,
+            "{name}: rank {rank}'s parameters differ from rank 0's"
+        );
+    }
+    // Each rank fits its own data; the mean of the first and last five steps'
+    // losses shows the model learns.
+    for replica in replicas {
+        let first: f32 = replica.losses[..5].iter().sum();
+        let last: f32 = replica.losses[STEPS - 5..].iter().sum();
+        assert!(
+            last < first,
+            "{name}: loss did not go down: {first} -> {last}"
+        );
+    }
+    let summary = &replicas[0].summary;
+    assert_eq!(summary.steps, STEPS as u64);
+    assert!(summary.bytes_sent < summary.dense_bytes);
+    println!("{name}:\n{summary}");
+}
+
+#[test]
+fn sgd_replicas_stay_bit_identical() {
+    let replicas = train(
+        || SgdConfig::new().init::<Ad, Moe<Ad>>(),
+        0.05,
+        Averaging::WorldSize,
+    );
+    check_replicas(&replicas, "sgd");
+}
+
+#[test]
+fn adam_replicas_stay_bit_identical_and_leave_unused_experts_alone() {
+    let replicas = train(
+        || AdamConfig::new().init::<Ad, Moe<Ad>>(),
+        0.01,
+        Averaging::Contributors,
+    );
+    check_replicas(&replicas, "adam");
+}
+
+#[test]
+fn checksum_tells_models_apart() {
+    let device = Default::default();
+    let a = Moe::<Ad>::new(2, &device);
+    // Reading the values initializes burn's lazy parameters before cloning.
+    let values = param_values::<Ad, _>(&a);
+    let b = a.clone();
+    assert_eq!(
+        parameter_checksum::<Ad, _>(&a),
+        parameter_checksum::<Ad, _>(&b)
+    );
+    let mut changed = a.clone().valid();
+    changed.router.bias = changed.router.bias.map(|bias| {
+        bias.map(|tensor| {
+            let mut data = values[1].clone();
+            data[0] = f32::from_bits(data[0].to_bits() ^ 1);
+            burn::tensor::Tensor::from_data(
+                TensorData::new(data, [values[1].len()]),
+                &tensor.device(),
+            )
+        })
+    });
+    assert_ne!(
+        parameter_checksum::<Inner, _>(&a.valid()),
+        parameter_checksum::<Inner, _>(&changed)
+    );
+}
