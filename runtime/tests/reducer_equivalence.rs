@@ -311,3 +311,51 @@ fn tied_weights_keep_their_gradient() {
         }
     }
 }
+
+#[test]
+fn set_up_broadcast_makes_replicas_identical_unless_turned_off() {
+    for broadcast in [true, false] {
+        let checksums = all_ok(run_ranks(
+            ThreadGroup::new(3),
+            LIMIT,
+            move |_, collective| {
+                let device = Default::default();
+                let config = ReducerConfig::default().with_broadcast_parameters(broadcast);
+                let (model, _reducer) =
+                    Reducer::new(Moe::<Ad>::new(EXPERTS, &device), collective, config).unwrap();
+                maskddp_runtime::parameter_checksum::<Ad, _>(&model)
+            },
+        ));
+        let identical = checksums.iter().all(|c| *c == checksums[0]);
+        assert_eq!(identical, broadcast, "broadcast {broadcast}: {checksums:?}");
+    }
+}
+
+#[test]
+fn a_boxed_collective_drives_a_reducer() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Reducer<Ad, maskddp_runtime::ThreadCollective>>();
+    assert_send::<Reducer<Ad, Box<dyn maskddp_runtime::Collective>>>();
+
+    let results = all_ok(run_ranks(ThreadGroup::new(2), LIMIT, |rank, collective| {
+        let device = Default::default();
+        let collective: Box<dyn maskddp_runtime::Collective> = Box::new(collective);
+        let (model, mut reducer) = Reducer::new(
+            Moe::<Ad>::new(EXPERTS, &device),
+            collective,
+            ReducerConfig::default(),
+        )
+        .unwrap();
+        assert_eq!((reducer.rank(), reducer.world_size()), (rank, 2));
+        let route = Route {
+            experts: vec![rank],
+            ..Route::default()
+        };
+        let y = reducer.forward(|| model.forward(input::<Ad>(rank as u64, 2, &device), &route));
+        let grads = GradientsParams::from_grads(y.sum().backward(), &model);
+        let grads = reducer.reduce(grads).unwrap();
+        grads.len()
+    }));
+    // Router (2) + experts 0 and 1 (2 each).
+    assert_eq!(results, vec![6, 6]);
+}
