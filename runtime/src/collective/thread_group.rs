@@ -305,19 +305,41 @@ impl ThreadCollective {
             let range = chunk(len, world, self.rank);
             let mut reduced = write!(lanes.reduced[self.rank]);
             reduced.clear();
-            reduced.extend_from_slice(&read!(lanes.staging[0])[range.clone()]);
-            for staging in &lanes.staging[1..] {
+            for (owner, staging) in lanes.staging.iter().enumerate() {
                 let staging = read!(staging);
-                for (sum, x) in reduced.iter_mut().zip(&staging[range.clone()]) {
-                    *sum += *x;
+                let Some(part) = staging.get(range.clone()) else {
+                    return Err(self.broken(view.tag));
+                };
+                if owner == 0 {
+                    reduced.extend_from_slice(part);
+                } else {
+                    for (sum, x) in reduced.iter_mut().zip(part) {
+                        *sum += *x;
+                    }
                 }
             }
         }
-        self.rendezvous(view)?;
+        self.rendezvous(view.clone())?;
         for (owner, reduced) in lanes.reduced.iter().enumerate() {
-            unstage(chunk(len, world, owner), &read!(reduced));
+            let range = chunk(len, world, owner);
+            let reduced = read!(reduced);
+            if reduced.len() != range.len() {
+                return Err(self.broken(view.tag));
+            }
+            unstage(range, &reduced);
         }
         Ok(())
+    }
+
+    /// The error for buffers that changed under this rank, which only a
+    /// broken group (a peer that gave up and moved on) can cause.
+    fn broken(&self, tag: Tag) -> CollectiveError {
+        let state = lock(&self.shared.sync);
+        state.failure.clone().unwrap_or(CollectiveError::Invalid {
+            tag,
+            rank: self.rank,
+            reason: "a peer overwrote the shared buffers mid-operation".to_owned(),
+        })
     }
 }
 
@@ -398,7 +420,11 @@ impl Collective for ThreadCollective {
         let view = self.view(tag, data.len(), Some(root));
         self.rendezvous(view.clone())?;
         if self.rank != root {
-            data.copy_from_slice(&read!(staging));
+            let staging = read!(staging);
+            if staging.len() != data.len() {
+                return Err(self.broken(tag));
+            }
+            data.copy_from_slice(&staging);
         }
         // The root must not restage before everyone has copied.
         self.rendezvous(view)
