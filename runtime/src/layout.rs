@@ -32,7 +32,7 @@ pub struct ParamLayout {
 
 impl ParamLayout {
     /// Reads the layout of `module`.
-    pub fn of<B: Backend, M: Module<B> + ?Sized>(module: &M) -> Self {
+    pub fn of<B: Backend, M: Module<B>>(module: &M) -> Self {
         let mut visitor = LayoutVisitor {
             path: Vec::new(),
             slots: Vec::new(),

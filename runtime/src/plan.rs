@@ -52,12 +52,12 @@ pub struct PlanBuilder {
 
 impl PlanBuilder {
     /// Every parameter of `module` is used on every path.
-    pub fn always<B: Backend, M: Module<B> + ?Sized>(&mut self, module: &M) {
+    pub fn always<B: Backend, M: Module<B>>(&mut self, module: &M) {
         self.describe(module, Usage::Always);
     }
 
     /// Every parameter of `module` is used only on the paths through `branch`.
-    pub fn conditional<B: Backend, M: Module<B> + ?Sized>(
+    pub fn conditional<B: Backend, M: Module<B>>(
         &mut self,
         module: &M,
         branch: &'static str,
@@ -66,11 +66,11 @@ impl PlanBuilder {
     }
 
     /// Every parameter of `module` is frozen: never used, never reduced.
-    pub fn frozen<B: Backend, M: Module<B> + ?Sized>(&mut self, module: &M) {
+    pub fn frozen<B: Backend, M: Module<B>>(&mut self, module: &M) {
         self.describe(module, Usage::Frozen);
     }
 
-    fn describe<B: Backend, M: Module<B> + ?Sized>(&mut self, module: &M, usage: Usage) {
+    fn describe<B: Backend, M: Module<B>>(&mut self, module: &M, usage: Usage) {
         for_each_param_id(module, |id| {
             self.usage
                 .entry(id)
@@ -81,7 +81,7 @@ impl PlanBuilder {
 }
 
 /// Calls `f` with the id of every float parameter of `module`, in visit order.
-pub(crate) fn for_each_param_id<B: Backend, M: Module<B> + ?Sized>(
+pub(crate) fn for_each_param_id<B: Backend, M: Module<B>>(
     module: &M,
     f: impl FnMut(ParamId),
 ) {
