@@ -1,0 +1,440 @@
+//! Shared support for the end-to-end tests: a conditional model written with
+//! the real `#[ddp_model]` macro (encoder, dynamically indexed experts, an
+//! optional head, nested `#[ddp_model]` children with conditional parts of
+//! their own, a `match` on a route), deterministic parameters and batches from
+//! a seeded SplitMix generator, per-path gradient extraction, and a harness
+//! that runs ranks on threads under a hard timeout so a hang fails the test.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::backend::AutodiffBackend;
+use maskddp::{ParamLayout, ThreadCollective, ddp_model};
+
+pub type Ad = Autodiff<NdArray<f32>>;
+
+// ---------------------------------------------------------------------------
+// Seeded generator
+
+/// SplitMix64: tiny, seedable, no dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Uniform in `[-1, 1)`.
+    pub fn signed(&mut self) -> f32 {
+        self.unit() * 2.0 - 1.0
+    }
+
+    pub fn chance(&mut self, p: f32) -> bool {
+        self.unit() < p
+    }
+
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The model, built with the real macro
+
+pub const D_IN: usize = 5;
+pub const HIDDEN: usize = 6;
+
+/// One expert: a plain burn module (not a `#[ddp_model]`), two layers.
+#[derive(Module, Debug)]
+pub struct Expert<B: Backend> {
+    pub fc1: Linear<B>,
+    pub fc2: Linear<B>,
+}
+
+impl<B: Backend> Expert<B> {
+    fn new(device: &B::Device) -> Self {
+        Self {
+            fc1: LinearConfig::new(HIDDEN, HIDDEN).init(device),
+            fc2: LinearConfig::new(HIDDEN, HIDDEN).init(device),
+        }
+    }
+
+    fn forward(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.fc2.forward(self.fc1.forward(h).tanh())
+    }
+}
+
+/// A nested `#[ddp_model]` with a conditional part of its own: `inner` is
+/// always used by its forward, `gate` only when `gated`.
+#[ddp_model]
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    inner: Linear<B>,
+    gate: Linear<B>,
+}
+
+#[ddp_model]
+impl<B: Backend> Block<B> {
+    pub fn new(device: &B::Device) -> Self {
+        Self {
+            inner: LinearConfig::new(HIDDEN, HIDDEN).init(device),
+            gate: LinearConfig::new(HIDDEN, HIDDEN).init(device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 2>, gated: bool) -> Tensor<B, 2> {
+        let y = self.inner.forward(x).tanh();
+        if gated {
+            let gate = burn::tensor::activation::sigmoid(self.gate.forward(y.clone()));
+            y * gate
+        } else {
+            y
+        }
+    }
+}
+
+/// Where a batch goes after the shared trunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// No expert: the trunk's output passes through.
+    Direct,
+    /// One expert, by index.
+    One(usize),
+    /// Two experts (possibly the same one twice), summed.
+    Two(usize, usize),
+    /// `experts.get(i)`: the expert if it exists, else pass-through.
+    Get(usize),
+    /// The auxiliary nested block, with or without its gate.
+    Aux { gated: bool },
+}
+
+/// Which branches one forward takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    /// Whether the always-used nested block runs its gate.
+    pub gated: bool,
+    pub route: Route,
+    /// Whether the optional head runs (if the model has one).
+    pub head: bool,
+}
+
+/// encoder (always) → trunk (nested, always, with a conditional gate) →
+/// `match` on the route (experts by dynamic index or `get`, or a nested block
+/// used conditionally) → optional head under `if`.
+#[ddp_model]
+#[derive(Module, Debug)]
+pub struct Net<B: Backend> {
+    encoder: Linear<B>,
+    trunk: Block<B>,
+    experts: Vec<Expert<B>>,
+    aux: Block<B>,
+    head: Option<Linear<B>>,
+    /// Not a parameter.
+    scale: f64,
+}
+
+#[ddp_model]
+impl<B: Backend> Net<B> {
+    pub fn new(experts: usize, with_head: bool, device: &B::Device) -> Self {
+        Self {
+            encoder: LinearConfig::new(D_IN, HIDDEN).init(device),
+            trunk: Block::new(device),
+            experts: (0..experts).map(|_| Expert::new(device)).collect(),
+            aux: Block::new(device),
+            head: with_head.then(|| LinearConfig::new(HIDDEN, HIDDEN).init(device)),
+            scale: 0.5,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 2>, choice: Choice) -> Tensor<B, 2> {
+        let h = self.encoder.forward(x).tanh();
+        let h = self.trunk.forward(h, choice.gated);
+        let y = match choice.route {
+            Route::Direct => h.clone(),
+            Route::One(i) => self.experts[i].forward(h.clone()),
+            Route::Two(i, j) => {
+                self.experts[i].forward(h.clone()) + self.experts[j].forward(h.clone())
+            }
+            Route::Get(i) => match self.experts.get(i) {
+                Some(expert) => expert.forward(h.clone()),
+                None => h.clone(),
+            },
+            Route::Aux { gated } => self.aux.forward(h.clone(), gated),
+        };
+        if choice.head
+            && let Some(head) = &self.head
+        {
+            y + head.forward(h).mul_scalar(self.scale)
+        } else {
+            y
+        }
+    }
+}
+
+/// The parameter paths a forward with `choice` uses, derived from the choice
+/// alone (independently of the usage recorder).
+pub fn expected_usage(choice: Choice, experts: usize, has_head: bool) -> BTreeSet<String> {
+    let mut used = BTreeSet::new();
+    let mut add = |module: &str| {
+        used.insert(format!("{module}.weight"));
+        used.insert(format!("{module}.bias"));
+    };
+    add("encoder");
+    add("trunk.inner");
+    if choice.gated {
+        add("trunk.gate");
+    }
+    let mut expert = |i: usize| {
+        if i < experts {
+            add(&format!("experts.{i}.fc1"));
+            add(&format!("experts.{i}.fc2"));
+        }
+    };
+    match choice.route {
+        Route::Direct => {}
+        Route::One(i) | Route::Get(i) => expert(i),
+        Route::Two(i, j) => {
+            expert(i);
+            expert(j);
+        }
+        Route::Aux { gated } => {
+            add("aux.inner");
+            if gated {
+                add("aux.gate");
+            }
+        }
+    }
+    if choice.head && has_head {
+        add("head");
+    }
+    used
+}
+
+/// A random choice; `Get` may point past the last expert.
+pub fn random_choice(rng: &mut Rng, experts: usize) -> Choice {
+    let route = match rng.below(5) {
+        0 => Route::Direct,
+        1 => Route::One(rng.below(experts)),
+        2 => Route::Two(rng.below(experts), rng.below(experts)),
+        3 => Route::Get(rng.below(experts + 2)),
+        _ => Route::Aux {
+            gated: rng.chance(0.5),
+        },
+    };
+    Choice {
+        gated: rng.chance(0.5),
+        route,
+        head: rng.chance(0.5),
+    }
+}
+
+/// The loss every test uses: mean squared output against a target.
+pub fn loss<B: Backend>(out: Tensor<B, 2>, target: Tensor<B, 2>) -> Tensor<B, 1> {
+    let diff = out - target;
+    (diff.clone() * diff).mean()
+}
+
+// ---------------------------------------------------------------------------
+// Deterministic parameters and data
+
+/// Overwrites every float parameter with values drawn from `seed` (visit
+/// order), keeping ids and `require_grad`. Independent of burn's global RNG,
+/// so the test thread can rebuild exactly what a rank starts from.
+pub fn with_values<B: Backend, M: Module<B>>(model: M, seed: u64) -> M {
+    struct Fill(Rng);
+    impl<B: Backend> ModuleMapper<B> for Fill {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let shape = param.lazy_shape();
+            let values: Vec<f32> = (0..shape.num_elements())
+                .map(|_| self.0.signed() * 0.6)
+                .collect();
+            param.map(|tensor| {
+                let device = tensor.device();
+                let require_grad = tensor.is_require_grad();
+                let fresh = Tensor::from_data(TensorData::new(values, shape), &device);
+                if require_grad {
+                    fresh.require_grad()
+                } else {
+                    fresh
+                }
+            })
+        }
+    }
+    model.map(&mut Fill(Rng::new(seed)))
+}
+
+/// A deterministic `[rows, cols]` tensor from `seed`.
+pub fn matrix<B: Backend>(seed: u64, rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 2> {
+    let mut rng = Rng::new(seed);
+    let values: Vec<f32> = (0..rows * cols).map(|_| rng.signed()).collect();
+    Tensor::from_data(TensorData::new(values, [rows, cols]), device)
+}
+
+/// Input and target of the batch identified by `seed`.
+pub fn batch<B: Backend>(seed: u64, rows: usize, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    (
+        matrix(seed.wrapping_mul(2), rows, D_IN, device),
+        matrix(seed.wrapping_mul(2) + 1, rows, HIDDEN, device),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Reading gradients and parameters by path
+
+/// The gradients present in `grads` for the parameters of `model`, by slot
+/// path. Paths, not ids: ids are per process and per model instance.
+pub fn grads_by_path<B: AutodiffBackend, M: Module<B>>(
+    model: &M,
+    grads: &GradientsParams,
+) -> BTreeMap<String, Vec<f32>> {
+    struct Collect<'a> {
+        grads: &'a GradientsParams,
+        out: Vec<Option<Vec<f32>>>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let grad = self.grads.get::<B::InnerBackend, D>(param.id);
+            self.out
+                .push(grad.map(|g| g.into_data().to_vec::<f32>().unwrap()));
+        }
+    }
+    let mut collect = Collect {
+        grads,
+        out: Vec::new(),
+    };
+    model.visit(&mut collect);
+    let layout = ParamLayout::of::<B, M>(model);
+    assert_eq!(layout.len(), collect.out.len());
+    layout
+        .slots()
+        .iter()
+        .zip(collect.out)
+        .filter_map(|(slot, grad)| grad.map(|g| (slot.path.clone(), g)))
+        .collect()
+}
+
+/// Every float parameter's value bits, by slot path.
+pub fn param_bits<B: Backend, M: Module<B>>(model: &M) -> BTreeMap<String, Vec<u32>> {
+    struct Collect(Vec<Vec<u32>>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let values = param.val().into_data().to_vec::<f32>().unwrap();
+            self.0.push(values.iter().map(|x| x.to_bits()).collect());
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    let layout = ParamLayout::of::<B, M>(model);
+    assert_eq!(layout.len(), collect.0.len());
+    layout
+        .slots()
+        .iter()
+        .map(|slot| slot.path.clone())
+        .zip(collect.0)
+        .collect()
+}
+
+/// Element-wise relative comparison: `|a - b| <= rel * max(|a|, |b|, floor)`.
+/// `floor` covers summation-order rounding where terms cancel.
+pub fn assert_close(context: &str, actual: &[f32], expected: &[f64], floor: &[f64], rel: f64) {
+    assert_eq!(actual.len(), expected.len(), "{context}: length");
+    for (i, ((&a, &e), &f)) in actual.iter().zip(expected).zip(floor).enumerate() {
+        let a64 = f64::from(a);
+        let magnitude = a64.abs().max(e.abs()).max(f).max(1e-6);
+        assert!(
+            (a64 - e).abs() <= rel * magnitude,
+            "{context}: element {i}: got {a}, reference {e} (|diff| {:e} > {rel:e} × {magnitude:e})",
+            (a64 - e).abs()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Ranks on threads, under a hard timeout
+
+/// Runs `body(rank, collective)` on one thread per collective and returns
+/// the results by rank (a panic becomes `Err(message)`). Fails the test,
+/// instead of hanging, if any rank is still running after `limit`.
+pub fn run_ranks<T, F>(
+    collectives: Vec<ThreadCollective>,
+    limit: Duration,
+    body: F,
+) -> Vec<Result<T, String>>
+where
+    T: Send + 'static,
+    F: Fn(usize, ThreadCollective) -> T + Send + Sync + 'static,
+{
+    let world = collectives.len();
+    let body = Arc::new(body);
+    let (sender, receiver) = mpsc::channel();
+    for (rank, collective) in collectives.into_iter().enumerate() {
+        let body = Arc::clone(&body);
+        let sender = sender.clone();
+        std::thread::Builder::new()
+            .name(format!("rank {rank}"))
+            .spawn(move || {
+                let result = catch_unwind(AssertUnwindSafe(|| body(rank, collective)))
+                    .map_err(|panic| {
+                        panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default()
+                    });
+                let _ = sender.send((rank, result));
+            })
+            .expect("spawn a rank thread");
+    }
+    drop(sender);
+    let deadline = Instant::now() + limit;
+    let mut results: Vec<Option<Result<T, String>>> = (0..world).map(|_| None).collect();
+    for _ in 0..world {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match receiver.recv_timeout(left) {
+            Ok((rank, result)) => results[rank] = Some(result),
+            Err(_) => {
+                let missing: Vec<usize> = (0..world).filter(|&r| results[r].is_none()).collect();
+                panic!("ranks {missing:?} did not finish within {limit:?}: a hang");
+            }
+        }
+    }
+    results.into_iter().map(Option::unwrap).collect()
+}
+
+/// Unwraps every rank's result, naming the rank that panicked.
+pub fn all_ok<T>(results: Vec<Result<T, String>>) -> Vec<T> {
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(rank, result)| result.unwrap_or_else(|panic| panic!("rank {rank} panicked: {panic}")))
+        .collect()
+}
