@@ -197,32 +197,10 @@ fn check_case(case: &Case) {
 
     // Against the reference: sum over the ranks that used a parameter, in
     // f64, divided by the world size or the number of contributors.
-    for path in &union {
-        let contributors: Vec<&Vec<f32>> = reference.iter().filter_map(|g| g.get(path)).collect();
-        let len = contributors[0].len();
-        let mut sum = vec![0.0f64; len];
-        let mut abs_sum = vec![0.0f64; len];
-        for grad in &contributors {
-            for (i, &g) in grad.iter().enumerate() {
-                sum[i] += f64::from(g);
-                abs_sum[i] += f64::from(g).abs();
-            }
-        }
-        let divisor = match case.config.averaging {
-            Averaging::WorldSize => case.world,
-            Averaging::Contributors => contributors.len(),
-        } as f64;
-        let expected: Vec<f64> = sum.iter().map(|s| s / divisor).collect();
-        // Summing f32 in another order errs relative to the summands'
-        // magnitudes, which cancellation can make exceed the sum's.
-        let floor: Vec<f64> = abs_sum.iter().map(|a| a / divisor).collect();
-        assert_close(
-            &format!("{context}: {path}"),
-            &first.reduced[path],
-            &expected,
-            &floor,
-            1e-6,
-        );
+    let expected = reference_average(&reference, case.config.averaging);
+    assert_eq!(expected.keys().cloned().collect::<BTreeSet<_>>(), union, "{context}");
+    for (path, (mean, floor)) in &expected {
+        assert_close(&format!("{context}: {path}"), &first.reduced[path], mean, floor, 1e-6);
     }
 }
 

@@ -378,6 +378,45 @@ pub fn assert_close(context: &str, actual: &[f32], expected: &[f64], floor: &[f6
     }
 }
 
+/// The single-process reference of a reduction: for every parameter some
+/// rank has a gradient for, the f64 sum over those ranks divided by the world
+/// size or by the number of contributors, with the matching tolerance floor
+/// (the summands' absolute sum over the same divisor: f32 sums in another
+/// order err relative to it when terms cancel).
+pub fn reference_average(
+    per_rank: &[BTreeMap<String, Vec<f32>>],
+    averaging: maskddp::Averaging,
+) -> BTreeMap<String, (Vec<f64>, Vec<f64>)> {
+    let paths: BTreeSet<&String> = per_rank.iter().flat_map(|g| g.keys()).collect();
+    paths
+        .into_iter()
+        .map(|path| {
+            let grads: Vec<&Vec<f32>> = per_rank.iter().filter_map(|g| g.get(path)).collect();
+            let len = grads[0].len();
+            let mut sum = vec![0.0f64; len];
+            let mut abs_sum = vec![0.0f64; len];
+            for grad in &grads {
+                assert_eq!(grad.len(), len, "{path}");
+                for (i, &g) in grad.iter().enumerate() {
+                    sum[i] += f64::from(g);
+                    abs_sum[i] += f64::from(g).abs();
+                }
+            }
+            let divisor = match averaging {
+                maskddp::Averaging::WorldSize => per_rank.len(),
+                maskddp::Averaging::Contributors => grads.len(),
+            } as f64;
+            (
+                path.clone(),
+                (
+                    sum.iter().map(|s| s / divisor).collect(),
+                    abs_sum.iter().map(|a| a / divisor).collect(),
+                ),
+            )
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------
 // Ranks on threads, under a hard timeout
 
