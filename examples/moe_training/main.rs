@@ -248,7 +248,7 @@ fn train_rank(
         rank,
         checksum: maskddp::parameter_checksum(&model.valid()),
         losses,
-        summary: *reducer.summary(),
+        summary: reducer.summary(),
         plan_table: model.usage_plan().table().to_string(),
     })
 }
