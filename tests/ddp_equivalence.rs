@@ -116,7 +116,10 @@ fn run_case(case: &Case) -> Vec<RankOutcome> {
 
 /// Each rank's gradients computed in this thread, from rank 0's initial
 /// values and each rank's own batch and choice.
-fn reference_grads(case: &Case) -> (Vec<BTreeMap<String, Vec<f32>>>, BTreeMap<String, Vec<u32>>) {
+/// Gradients by path, one map per rank.
+type PerRank = Vec<BTreeMap<String, Vec<f32>>>;
+
+fn reference_grads(case: &Case) -> (PerRank, BTreeMap<String, Vec<u32>>) {
     let device = Default::default();
     let model = with_values(
         Net::<Ad>::new(case.experts, case.has_head, &device),
@@ -154,7 +157,10 @@ fn check_case(case: &Case) {
     // the parameters the choice uses.
     for (rank, grads) in reference.iter().enumerate() {
         let with_grad: BTreeSet<String> = grads.keys().cloned().collect();
-        assert_eq!(with_grad, usage[rank], "{context}: rank {rank}: derived usage");
+        assert_eq!(
+            with_grad, usage[rank],
+            "{context}: rank {rank}: derived usage"
+        );
     }
     let union: BTreeSet<String> = usage.iter().flatten().cloned().collect();
 
@@ -162,7 +168,10 @@ fn check_case(case: &Case) {
     let first = &outcomes[0];
     for (rank, outcome) in outcomes.iter().enumerate() {
         // The broadcast gave every rank rank 0's values.
-        assert_eq!(outcome.params, initial, "{context}: rank {rank}: initial parameters");
+        assert_eq!(
+            outcome.params, initial,
+            "{context}: rank {rank}: initial parameters"
+        );
         // Same values, same batch: the rank's own gradients are this thread's.
         assert_eq!(
             outcome.local.keys().collect::<Vec<_>>(),
@@ -172,18 +181,27 @@ fn check_case(case: &Case) {
         for (path, grad) in &outcome.local {
             assert_eq!(
                 grad.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                reference[rank][path].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                reference[rank][path]
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect::<Vec<_>>(),
                 "{context}: rank {rank}: local gradient of {path}"
             );
         }
         // Exactly the union of the ranks' usage has a gradient.
         let reduced: BTreeSet<String> = outcome.reduced.keys().cloned().collect();
-        assert_eq!(reduced, union, "{context}: rank {rank}: reduced parameter set");
+        assert_eq!(
+            reduced, union,
+            "{context}: rank {rank}: reduced parameter set"
+        );
         // Bit-identical on every rank.
         for (path, grad) in &outcome.reduced {
             assert_eq!(
                 grad.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                first.reduced[path].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                first.reduced[path]
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect::<Vec<_>>(),
                 "{context}: rank {rank} differs from rank 0 on {path}"
             );
         }
@@ -198,9 +216,19 @@ fn check_case(case: &Case) {
     // Against the reference: sum over the ranks that used a parameter, in
     // f64, divided by the world size or the number of contributors.
     let expected = reference_average(&reference, case.config.averaging);
-    assert_eq!(expected.keys().cloned().collect::<BTreeSet<_>>(), union, "{context}");
+    assert_eq!(
+        expected.keys().cloned().collect::<BTreeSet<_>>(),
+        union,
+        "{context}"
+    );
     for (path, (mean, floor)) in &expected {
-        assert_close(&format!("{context}: {path}"), &first.reduced[path], mean, floor, 1e-6);
+        assert_close(
+            &format!("{context}: {path}"),
+            &first.reduced[path],
+            mean,
+            floor,
+            1e-6,
+        );
     }
 }
 
@@ -209,18 +237,38 @@ fn plan_of_the_macro_model_matches_its_forward() {
     let model = Net::<Ad>::new(3, true, &Default::default());
     let plan = model.usage_plan();
     assert!(plan.undescribed().is_empty(), "{}", plan.table());
-    let always = ["encoder.weight", "encoder.bias", "trunk.inner.weight", "trunk.inner.bias"];
+    let always = [
+        "encoder.weight",
+        "encoder.bias",
+        "trunk.inner.weight",
+        "trunk.inner.bias",
+    ];
     for (slot, usage) in plan.layout().slots().iter().zip(plan.usage()) {
         if always.contains(&slot.path.as_str()) {
             assert_eq!(*usage, Usage::Always, "{}\n{}", slot.path, plan.table());
         } else {
-            assert!(usage.is_conditional(), "{} is {usage:?}\n{}", slot.path, plan.table());
+            assert!(
+                usage.is_conditional(),
+                "{} is {usage:?}\n{}",
+                slot.path,
+                plan.table()
+            );
         }
     }
     assert_eq!(plan.layout().len(), 2 + 4 + 3 * 4 + 4 + 2);
     // The paths the tests rely on.
-    let paths: BTreeSet<&str> = plan.layout().slots().iter().map(|s| s.path.as_str()).collect();
-    for path in ["trunk.gate.bias", "experts.2.fc2.weight", "aux.gate.weight", "head.bias"] {
+    let paths: BTreeSet<&str> = plan
+        .layout()
+        .slots()
+        .iter()
+        .map(|s| s.path.as_str())
+        .collect();
+    for path in [
+        "trunk.gate.bias",
+        "experts.2.fc2.weight",
+        "aux.gate.weight",
+        "head.bias",
+    ] {
         assert!(paths.contains(path), "no slot {path}:\n{}", plan.table());
     }
 }
@@ -275,7 +323,10 @@ fn corner_patterns_equal_the_reference() {
         vec![plain],
     ];
     for (index, choices) in patterns.into_iter().enumerate() {
-        for (averaging, cap) in [(Averaging::WorldSize, 4), (Averaging::Contributors, 1 << 20)] {
+        for (averaging, cap) in [
+            (Averaging::WorldSize, 4),
+            (Averaging::Contributors, 1 << 20),
+        ] {
             let world = choices.len();
             let case = Case {
                 seed: 1_000 + index as u64,

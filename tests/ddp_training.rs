@@ -38,13 +38,13 @@ fn choice(rank: usize, step: usize) -> Choice {
         Route::Aux {
             gated: step % 2 == 1,
         }
-    } else if rank == 2 && step % 4 == 0 {
+    } else if rank == 2 && step.is_multiple_of(4) {
         Route::Two((step / 4) % 3, (step / 4 + 1) % 3)
     } else {
         Route::One((rank + step / 3) % 3)
     };
     Choice {
-        gated: (step + rank) % 6 == 0,
+        gated: (step + rank).is_multiple_of(6),
         route,
         head: step % 5 == rank,
     }
@@ -175,7 +175,9 @@ fn adam_replicas_stay_bit_identical_and_idle_parameters_keep_every_bit() {
     let first = &replicas[0];
     for step in 15..STEPS {
         assert!(
-            !first.changed[step].iter().any(|p| p.starts_with("experts.3.")),
+            !first.changed[step]
+                .iter()
+                .any(|p| p.starts_with("experts.3.")),
             "step {step}: {:?}",
             first.changed[step]
         );
@@ -238,33 +240,47 @@ fn accumulated_micro_batches_reduce_to_the_reference() {
             .flat_map(|&c| expected_usage(c, EXPERTS, true))
             .collect();
         let expected = reference_average(&per_rank, averaging);
-        assert_eq!(expected.keys().cloned().collect::<BTreeSet<_>>(), union, "{context}");
+        assert_eq!(
+            expected.keys().cloned().collect::<BTreeSet<_>>(),
+            union,
+            "{context}"
+        );
 
         let micro_ranks = micro.clone();
         let config = ReducerConfig::default()
             .with_averaging(averaging)
             .with_bucket_cap_bytes(cap);
-        let outcomes = all_ok(run_ranks(ThreadGroup::new(world), LIMIT, move |rank, collective| {
-            let device = Default::default();
-            let model = with_values(Net::<Ad>::new(EXPERTS, true, &device), seed + 17 * rank as u64);
-            let (model, mut reducer) = Reducer::new(model, collective, config).unwrap();
-            let mut accumulator = GradientsAccumulator::<Net<Ad>>::new();
-            for (m, &c) in micro_ranks[rank].iter().enumerate() {
-                let (x, target) = batch::<Ad>(batch_seed(rank, m), 3, &device);
-                let out = reducer.forward(|| model.forward(x, c));
-                let grads = GradientsParams::from_grads(loss(out, target).backward(), &model);
-                accumulator.accumulate(&model, grads);
-            }
-            let grads = accumulator.grads();
-            let local = grads_by_path(&model, &grads);
-            let grads = reducer.reduce(grads).unwrap();
-            (local, grads_by_path(&model, &grads))
-        }));
+        let outcomes = all_ok(run_ranks(
+            ThreadGroup::new(world),
+            LIMIT,
+            move |rank, collective| {
+                let device = Default::default();
+                let model = with_values(
+                    Net::<Ad>::new(EXPERTS, true, &device),
+                    seed + 17 * rank as u64,
+                );
+                let (model, mut reducer) = Reducer::new(model, collective, config).unwrap();
+                let mut accumulator = GradientsAccumulator::<Net<Ad>>::new();
+                for (m, &c) in micro_ranks[rank].iter().enumerate() {
+                    let (x, target) = batch::<Ad>(batch_seed(rank, m), 3, &device);
+                    let out = reducer.forward(|| model.forward(x, c));
+                    let grads = GradientsParams::from_grads(loss(out, target).backward(), &model);
+                    accumulator.accumulate(&model, grads);
+                }
+                let grads = accumulator.grads();
+                let local = grads_by_path(&model, &grads);
+                let grads = reducer.reduce(grads).unwrap();
+                (local, grads_by_path(&model, &grads))
+            },
+        ));
 
         let first = &outcomes[0].1;
         for (rank, (local, reduced)) in outcomes.iter().enumerate() {
             // The accumulator's sum is this thread's, bit for bit.
-            assert_eq!(local, &per_rank[rank], "{context}: rank {rank}: accumulated gradients");
+            assert_eq!(
+                local, &per_rank[rank],
+                "{context}: rank {rank}: accumulated gradients"
+            );
             assert_eq!(
                 reduced.keys().cloned().collect::<BTreeSet<_>>(),
                 union,
@@ -272,11 +288,21 @@ fn accumulated_micro_batches_reduce_to_the_reference() {
             );
             for (path, grad) in reduced {
                 let bits = |v: &Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(grad), bits(&first[path]), "{context}: rank {rank}: {path}");
+                assert_eq!(
+                    bits(grad),
+                    bits(&first[path]),
+                    "{context}: rank {rank}: {path}"
+                );
             }
         }
         for (path, (mean, floor)) in &expected {
-            assert_close(&format!("{context}: {path}"), &first[path], mean, floor, 1e-6);
+            assert_close(
+                &format!("{context}: {path}"),
+                &first[path],
+                mean,
+                floor,
+                1e-6,
+            );
         }
     }
 }

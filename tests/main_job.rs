@@ -35,7 +35,8 @@ fn main_job(args: &[&str]) -> Run {
     let read = |mut pipe: Box<dyn Read + Send>| {
         thread::spawn(move || {
             let mut text = String::new();
-            pipe.read_to_string(&mut text).expect("read the job's output");
+            pipe.read_to_string(&mut text)
+                .expect("read the job's output");
             text
         })
     };
@@ -99,7 +100,10 @@ fn trains_and_reports_bit_identical_replicas() {
         assert_eq!(words.next(), Some("ok"), "{line}");
         assert_eq!(checksum.len(), 16, "{line}");
         u64::from_str_radix(checksum, 16).expect("a hexadecimal checksum");
-        checksums.push((rank.parse::<usize>().expect("a rank number"), checksum.to_owned()));
+        checksums.push((
+            rank.parse::<usize>().expect("a rank number"),
+            checksum.to_owned(),
+        ));
     }
     assert_eq!(
         checksums.iter().map(|(rank, _)| *rank).collect::<Vec<_>>(),
@@ -127,7 +131,12 @@ fn trains_and_reports_bit_identical_replicas() {
 fn zero_ranks_is_a_clear_usage_error() {
     let run = main_job(&["--ranks", "0", "--steps", "1"]);
     assert!(!run.success, "stdout:\n{}", run.stdout);
-    assert_eq!(run.code, Some(2), "clap's usage-error exit code\n{}", run.stderr);
+    assert_eq!(
+        run.code,
+        Some(2),
+        "clap's usage-error exit code\n{}",
+        run.stderr
+    );
     assert_no_panic(&run);
     assert!(
         run.stderr.contains("error:")
@@ -136,7 +145,11 @@ fn zero_ranks_is_a_clear_usage_error() {
         "unclear error:\n{}",
         run.stderr
     );
-    assert!(!run.stdout.contains("replicas"), "it trained anyway:\n{}", run.stdout);
+    assert!(
+        !run.stdout.contains("replicas"),
+        "it trained anyway:\n{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -150,5 +163,9 @@ fn an_unavailable_collective_is_a_clear_error() {
         "unclear error:\n{}",
         run.stderr
     );
-    assert!(!run.stdout.contains("replicas"), "it trained anyway:\n{}", run.stdout);
+    assert!(
+        !run.stdout.contains("replicas"),
+        "it trained anyway:\n{}",
+        run.stdout
+    );
 }

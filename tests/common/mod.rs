@@ -300,7 +300,11 @@ pub fn matrix<B: Backend>(seed: u64, rows: usize, cols: usize, device: &B::Devic
 }
 
 /// Input and target of the batch identified by `seed`.
-pub fn batch<B: Backend>(seed: u64, rows: usize, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+pub fn batch<B: Backend>(
+    seed: u64,
+    rows: usize,
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
     (
         matrix(seed.wrapping_mul(2), rows, D_IN, device),
         matrix(seed.wrapping_mul(2) + 1, rows, HIDDEN, device),
@@ -441,8 +445,8 @@ where
         std::thread::Builder::new()
             .name(format!("rank {rank}"))
             .spawn(move || {
-                let result = catch_unwind(AssertUnwindSafe(|| body(rank, collective)))
-                    .map_err(|panic| {
+                let result =
+                    catch_unwind(AssertUnwindSafe(|| body(rank, collective))).map_err(|panic| {
                         panic
                             .downcast_ref::<String>()
                             .cloned()
@@ -474,6 +478,8 @@ pub fn all_ok<T>(results: Vec<Result<T, String>>) -> Vec<T> {
     results
         .into_iter()
         .enumerate()
-        .map(|(rank, result)| result.unwrap_or_else(|panic| panic!("rank {rank} panicked: {panic}")))
+        .map(|(rank, result)| {
+            result.unwrap_or_else(|panic| panic!("rank {rank} panicked: {panic}"))
+        })
         .collect()
 }
