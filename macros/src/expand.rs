@@ -15,7 +15,7 @@
 
 use std::collections::BTreeSet;
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::parse::{Parse, ParseStream};
 use syn::{Item, ItemImpl, ItemStruct, Type, parse_quote};
@@ -371,7 +371,6 @@ fn report(model: &Model<'_>, usage: &[FieldUsage], report: &syn::Ident) -> Token
     };
     let span = report.span();
     let name = syn::Ident::new("ddp_model_report", span);
-    let _ = Span::call_site();
     quote_spanned! {span=>
         const _: () = {
             #[deprecated(note = #note)]
@@ -380,14 +379,4 @@ fn report(model: &Model<'_>, usage: &[FieldUsage], report: &syn::Ident) -> Token
             #name
         };
     }
-}
-
-/// Expands a struct and its impl block as the compiler would, for the
-/// expansion snapshot test.
-#[cfg(test)]
-pub(crate) fn expand_pair(strukt: TokenStream, imp: TokenStream) -> TokenStream {
-    let struct_out = ddp_model(TokenStream::new(), strukt.clone());
-    let imp: ItemImpl = syn::parse2(imp).expect("impl parses");
-    let impl_out = ddp_model_impl(quote!({ #strukt } {} #imp));
-    quote!(#struct_out #impl_out)
 }

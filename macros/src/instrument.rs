@@ -6,7 +6,8 @@
 //!
 //! The rewritten expression is the same place (a deref of a shared borrow),
 //! so auto-ref, method calls and `&` keep working. Always-used fields are
-//! left alone: they cost nothing per step.
+//! left alone: they cost nothing per step. Two element-wise forms record only
+//! the element used: `self.f.get(i)` and `self.f.iter()`.
 
 use std::collections::BTreeSet;
 
@@ -125,6 +126,14 @@ impl Rewriter<'_> {
         })
     }
 
+    /// `self.experts.iter()`: record each element as the iterator yields it,
+    /// so `.take(k)` or an early `break` records only what was visited.
+    fn wrap_iter(&self, call: &syn::ExprMethodCall) -> Expr {
+        let elem = syn::Ident::new("__maskddp_elem", Span::mixed_site());
+        let touch = self.touch(quote!(*#elem));
+        parse_quote!(#call.inspect(|#elem| { #touch }))
+    }
+
     /// The statement attribute `#[ddp(uses(...))]`: validated, and turned
     /// into records of the conditional fields it lists.
     fn stated_uses(&self, attrs: &[syn::Attribute]) -> Option<Vec<syn::Stmt>> {
@@ -209,6 +218,10 @@ impl VisitMut for Rewriter<'_> {
                     && !matches!(call.args[0], Expr::Range(_))
                 {
                     *expr = self.wrap_get(call);
+                    return;
+                }
+                if method == "iter" && call.args.is_empty() {
+                    *expr = self.wrap_iter(call);
                     return;
                 }
                 *call.receiver = self.wrap(&call.receiver);

@@ -1,0 +1,23 @@
+use burn::nn::Linear;
+use burn::prelude::*;
+use maskddp::ddp_model;
+
+#[ddp_model]
+#[derive(Module, Debug)]
+pub struct Net<B: Backend> {
+    head: Linear<B>,
+}
+
+#[ddp_model]
+impl<B: Backend> Net<B> {
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let f = self.head_fn();
+        f(x)
+    }
+
+    fn head_fn(&self) -> impl Fn(Tensor<B, 2>) -> Tensor<B, 2> + '_ {
+        move |x| self.head.forward(x)
+    }
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use maskddp::ddp_model;
+
+#[ddp_model]
+pub enum Route {
+    Left,
+    Right,
+}
+
+fn main() {}

@@ -1,0 +1,25 @@
+use burn::nn::Linear;
+use burn::prelude::*;
+use maskddp::ddp_model;
+
+#[ddp_model]
+#[derive(Module, Debug)]
+pub struct Net<B: Backend> {
+    head: Linear<B>,
+    width: usize,
+}
+
+fn run<B: Backend>(net: &Net<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    net.head.forward(x)
+}
+
+#[ddp_model]
+impl<B: Backend> Net<B> {
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        #[ddp(uses(head, width))]
+        let y = run(self, x);
+        y
+    }
+}
+
+fn main() {}
