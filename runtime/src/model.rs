@@ -32,3 +32,41 @@ pub trait DdpModel<B: Backend>: Module<B> {
         UsagePlan::new(ParamLayout::of(self), builder)
     }
 }
+
+// Containers of nested models keep each element's own split: without these,
+// an `Option<Child>` or `Vec<Child>` field would fall back to the plain-module
+// path and mark the child's conditional parameters as always used.
+
+impl<B: Backend, M: DdpModel<B>> DdpModel<B> for Option<M> {
+    fn build_plan(&self, plan: &mut PlanBuilder) {
+        if let Some(model) = self {
+            model.build_plan(plan);
+        }
+    }
+
+    fn record_always_used(&self) {
+        if let Some(model) = self {
+            model.record_always_used();
+        }
+    }
+}
+
+impl<B: Backend, M: DdpModel<B>> DdpModel<B> for Vec<M> {
+    fn build_plan(&self, plan: &mut PlanBuilder) {
+        self.iter().for_each(|model| model.build_plan(plan));
+    }
+
+    fn record_always_used(&self) {
+        self.iter().for_each(DdpModel::record_always_used);
+    }
+}
+
+impl<B: Backend, M: DdpModel<B>, const N: usize> DdpModel<B> for [M; N] {
+    fn build_plan(&self, plan: &mut PlanBuilder) {
+        self.iter().for_each(|model| model.build_plan(plan));
+    }
+
+    fn record_always_used(&self) {
+        self.iter().for_each(DdpModel::record_always_used);
+    }
+}
