@@ -57,11 +57,7 @@ impl PlanBuilder {
     }
 
     /// Every parameter of `module` is used only on the paths through `branch`.
-    pub fn conditional<B: Backend, M: Module<B>>(
-        &mut self,
-        module: &M,
-        branch: &'static str,
-    ) {
+    pub fn conditional<B: Backend, M: Module<B>>(&mut self, module: &M, branch: &'static str) {
         self.describe(module, Usage::Conditional { branch });
     }
 
@@ -81,10 +77,7 @@ impl PlanBuilder {
 }
 
 /// Calls `f` with the id of every float parameter of `module`, in visit order.
-pub(crate) fn for_each_param_id<B: Backend, M: Module<B>>(
-    module: &M,
-    f: impl FnMut(ParamId),
-) {
+pub(crate) fn for_each_param_id<B: Backend, M: Module<B>>(module: &M, f: impl FnMut(ParamId)) {
     struct Ids<F>(F);
     impl<B: Backend, F: FnMut(ParamId)> ModuleVisitor<B> for Ids<F> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
