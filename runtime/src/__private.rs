@@ -13,10 +13,10 @@ use burn::tensor::backend::Backend;
 
 pub use crate::model::DdpModel;
 pub use crate::plan::PlanBuilder;
-pub use burn::module::Module as BurnModule;
-pub use burn::tensor::backend::Backend as BurnBackend;
 use crate::plan::for_each_param_id;
 use crate::recorder::{is_recording, record_id};
+pub use burn::module::Module as BurnModule;
+pub use burn::tensor::backend::Backend as BurnBackend;
 
 /// Names the backend type parameter of a `#[ddp_model]` struct, so code
 /// generated for its impl blocks need not know how the user spelled it.
@@ -27,9 +27,9 @@ pub trait ModelBackend {
 
 /// A field of a model, seen from generated code.
 #[allow(missing_debug_implementations)]
-pub struct Field<'a, B, M: ?Sized>(&'a M, PhantomData<B>);
+pub struct Field<'a, B, M>(&'a M, PhantomData<B>);
 
-impl<'a, B, M: ?Sized> Field<'a, B, M> {
+impl<'a, B, M> Field<'a, B, M> {
     /// Wraps a reference to a field.
     pub fn new(module: &'a M) -> Self {
         Field(module, PhantomData)
@@ -37,7 +37,7 @@ impl<'a, B, M: ?Sized> Field<'a, B, M> {
 }
 
 /// Records every parameter of `module` into the active scope.
-pub fn record_module<B: Backend, M: Module<B> + ?Sized>(module: &M) {
+pub fn record_module<B: Backend, M: Module<B>>(module: &M) {
     if is_recording() {
         for_each_param_id(module, record_id);
     }
@@ -50,7 +50,7 @@ pub trait TouchNested {
     fn __maskddp_touch(self);
 }
 
-impl<B: Backend, M: DdpModel<B> + ?Sized> TouchNested for &&Field<'_, B, M> {
+impl<B: Backend, M: DdpModel<B>> TouchNested for &&Field<'_, B, M> {
     #[inline]
     fn __maskddp_touch(self) {
         if is_recording() {
@@ -65,7 +65,7 @@ pub trait TouchPlain {
     fn __maskddp_touch(self);
 }
 
-impl<B: Backend, M: Module<B> + ?Sized> TouchPlain for &Field<'_, B, M> {
+impl<B: Backend, M: Module<B>> TouchPlain for &Field<'_, B, M> {
     #[inline]
     fn __maskddp_touch(self) {
         record_module::<B, M>(self.0);
@@ -78,7 +78,7 @@ pub trait PlanNested {
     fn __maskddp_plan_always(self, plan: &mut PlanBuilder);
 }
 
-impl<B: Backend, M: DdpModel<B> + ?Sized> PlanNested for &&Field<'_, B, M> {
+impl<B: Backend, M: DdpModel<B>> PlanNested for &&Field<'_, B, M> {
     fn __maskddp_plan_always(self, plan: &mut PlanBuilder) {
         self.0.build_plan(plan);
     }
@@ -90,7 +90,7 @@ pub trait PlanPlain {
     fn __maskddp_plan_always(self, plan: &mut PlanBuilder);
 }
 
-impl<B: Backend, M: Module<B> + ?Sized> PlanPlain for &Field<'_, B, M> {
+impl<B: Backend, M: Module<B>> PlanPlain for &Field<'_, B, M> {
     fn __maskddp_plan_always(self, plan: &mut PlanBuilder) {
         plan.always::<B, M>(self.0);
     }
@@ -104,7 +104,7 @@ pub trait RecordNested {
     fn __maskddp_record_always(self);
 }
 
-impl<B: Backend, M: DdpModel<B> + ?Sized> RecordNested for &&Field<'_, B, M> {
+impl<B: Backend, M: DdpModel<B>> RecordNested for &&Field<'_, B, M> {
     fn __maskddp_record_always(self) {
         self.0.record_always_used();
     }
@@ -116,7 +116,7 @@ pub trait RecordPlain {
     fn __maskddp_record_always(self);
 }
 
-impl<B: Backend, M: Module<B> + ?Sized> RecordPlain for &Field<'_, B, M> {
+impl<B: Backend, M: Module<B>> RecordPlain for &Field<'_, B, M> {
     fn __maskddp_record_always(self) {
         record_module::<B, M>(self.0);
     }
