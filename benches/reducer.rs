@@ -1,0 +1,856 @@
+//! Benchmarks of maskddp (SPEC §7): the mask-aware reducer against a dense
+//! all-reduce of the same model, against the memory-bandwidth bound of the
+//! machine, and the cost of usage recording per forward.
+//!
+//! ```text
+//! cargo bench --bench reducer              # full run (about a minute on 2 cores)
+//! cargo bench --bench reducer -- --quick   # fewer steps and repetitions
+//! cargo bench --bench reducer -- --only 3  # only the recording benchmark
+//! ```
+//!
+//! Every number is reported as a ratio against a baseline measured in the same
+//! run: absolute times on a shared machine drift, ratios drift much less.
+//! Results and their meaning are recorded in `BENCHMARKS.md`.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::AutodiffModule;
+use burn::nn::{Linear, LinearConfig, Relu};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use maskddp::{
+    Collective, DdpModel, Op, Reducer, ReducerConfig, StepStats, Tag, ThreadCollective,
+    ThreadGroup, UsageRecord, WireBuf, ddp_model,
+};
+
+type Ad = Autodiff<NdArray>;
+
+// ---------------------------------------------------------------------------
+// Models
+// ---------------------------------------------------------------------------
+
+/// One expert: a two-layer MLP (a plain burn module).
+#[derive(Module, Debug)]
+pub struct Expert<B: Backend> {
+    fc1: Linear<B>,
+    fc2: Linear<B>,
+    act: Relu,
+}
+
+impl<B: Backend> Expert<B> {
+    fn new(hidden: usize, device: &B::Device) -> Self {
+        Self {
+            fc1: LinearConfig::new(hidden, hidden).init(device),
+            fc2: LinearConfig::new(hidden, hidden).init(device),
+            act: Relu::new(),
+        }
+    }
+
+    fn forward(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.fc2.forward(self.act.forward(self.fc1.forward(h)))
+    }
+}
+
+/// Mixture of experts: a shared encoder used on every path, experts picked
+/// by a dynamic index, and an optional head. The experts and the head are
+/// conditional in the plan.
+#[ddp_model]
+#[derive(Module, Debug)]
+pub struct MoeNet<B: Backend> {
+    encoder: Linear<B>,
+    experts: Vec<Expert<B>>,
+    head: Linear<B>,
+    act: Relu,
+}
+
+#[ddp_model]
+impl<B: Backend> MoeNet<B> {
+    pub fn new(hidden: usize, experts: usize, device: &B::Device) -> Self {
+        Self {
+            encoder: LinearConfig::new(hidden, hidden).init(device),
+            experts: (0..experts).map(|_| Expert::new(hidden, device)).collect(),
+            head: LinearConfig::new(hidden, hidden).init(device),
+            act: Relu::new(),
+        }
+    }
+
+    /// Runs the experts in `route` (summed) and, if `head`, the head.
+    pub fn forward(&self, x: Tensor<B, 2>, route: &[usize], head: bool) -> Tensor<B, 2> {
+        let h = self.act.forward(self.encoder.forward(x));
+        let mut y = h.clone();
+        for &expert in route {
+            y = y + self.experts[expert].forward(h.clone());
+        }
+        if head {
+            y = y + self.head.forward(h);
+        }
+        y
+    }
+}
+
+/// The same parameters, but `forward` runs every expert and the head on every
+/// path: the plan has no conditional slot, so the reducer skips the usage
+/// exchange and all-reduces every gradient — a plain dense all-reduce.
+#[ddp_model]
+#[derive(Module, Debug)]
+pub struct DenseMoeNet<B: Backend> {
+    encoder: Linear<B>,
+    experts: Vec<Expert<B>>,
+    head: Linear<B>,
+    act: Relu,
+}
+
+#[ddp_model]
+impl<B: Backend> DenseMoeNet<B> {
+    pub fn new(hidden: usize, experts: usize, device: &B::Device) -> Self {
+        Self {
+            encoder: LinearConfig::new(hidden, hidden).init(device),
+            experts: (0..experts).map(|_| Expert::new(hidden, device)).collect(),
+            head: LinearConfig::new(hidden, hidden).init(device),
+            act: Relu::new(),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let h = self.act.forward(self.encoder.forward(x));
+        let y = self
+            .experts
+            .iter()
+            .fold(h.clone(), |y, expert| y + expert.forward(h.clone()));
+        y + self.head.forward(h)
+    }
+}
+
+/// A tiny conditional model for the recording benchmark: the forward is so
+/// cheap that the recording overhead is visible.
+#[ddp_model]
+#[derive(Module, Debug)]
+pub struct TinyMoe<B: Backend> {
+    router: Linear<B>,
+    experts: Vec<Linear<B>>,
+    head: Linear<B>,
+}
+
+#[ddp_model]
+impl<B: Backend> TinyMoe<B> {
+    pub fn new(width: usize, experts: usize, device: &B::Device) -> Self {
+        let linear = || LinearConfig::new(width, width).init(device);
+        Self {
+            router: linear(),
+            experts: (0..experts).map(|_| linear()).collect(),
+            head: linear(),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 2>, expert: usize, head: bool) -> Tensor<B, 2> {
+        let h = self.router.forward(x);
+        let y = self.experts[expert].forward(h);
+        if head { self.head.forward(y) } else { y }
+    }
+}
+
+/// A model whose `forward` only touches one expert's weight (no tensor op):
+/// what is left is the cost of the instrumentation itself.
+#[ddp_model]
+#[derive(Module, Debug)]
+pub struct TouchOnly<B: Backend> {
+    experts: Vec<Linear<B>>,
+}
+
+#[ddp_model]
+impl<B: Backend> TouchOnly<B> {
+    pub fn new(width: usize, experts: usize, device: &B::Device) -> Self {
+        Self {
+            experts: (0..experts)
+                .map(|_| LinearConfig::new(width, width).init(device))
+                .collect(),
+        }
+    }
+
+    pub fn forward(&self, expert: usize) -> usize {
+        self.experts[expert].weight.dims()[0]
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    hidden: usize,
+    experts: usize,
+    batch: usize,
+    warmup_steps: usize,
+    steps: usize,
+    memcpy_reps: usize,
+    record_reps: usize,
+    record_forwards: usize,
+    touch_calls: usize,
+}
+
+impl Settings {
+    fn new(quick: bool) -> Self {
+        Self {
+            hidden: 256,
+            experts: 16,
+            batch: 8,
+            warmup_steps: if quick { 2 } else { 10 },
+            steps: if quick { 10 } else { 100 },
+            memcpy_reps: if quick { 10 } else { 50 },
+            record_reps: if quick { 5 } else { 25 },
+            record_forwards: if quick { 500 } else { 2_000 },
+            touch_calls: if quick { 100_000 } else { 500_000 },
+        }
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore it and anything else unknown.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "usage: cargo bench --bench reducer [-- [--quick] [--only 1|2|3]]\n  \
+             --quick   fewer steps and repetitions\n  \
+             --only N  run only section N (1 and 2 run together)"
+        );
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let settings = Settings::new(quick);
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let started = Instant::now();
+    println!(
+        "maskddp reducer benchmarks ({} mode, {cores} CPU(s) available, release={}); \
+         load average at start: {}",
+        if quick { "quick" } else { "full" },
+        !cfg!(debug_assertions),
+        load_average()
+    );
+
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.as_str());
+    if only.is_none_or(|v| v == "1" || v == "2") {
+        let results = bench_reducer(&settings);
+        bench_bound(&settings, &results, cores);
+    }
+    if only.is_none_or(|v| v == "3") {
+        bench_recording(&settings);
+    }
+    println!(
+        "\ntotal benchmark time {:.1?}; load average at end: {}",
+        started.elapsed(),
+        load_average()
+    );
+}
+
+/// The 1/5/15-minute load averages (Linux), to show how busy the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// 1. Mask-aware reduction vs dense all-reduce
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// `MoeNet`, each rank uses one expert (different per rank) and sometimes
+    /// the head: only globally used gradients are reduced.
+    MaskAware,
+    /// `MoeNet`, every rank runs every expert and the head: same reducer,
+    /// same plan, everything used, so it reduces everything.
+    AllUsed,
+    /// `DenseMoeNet`: no conditional slot at all, no usage exchange.
+    DensePlan,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::MaskAware => "mask-aware (1 expert/rank)",
+            Variant::AllUsed => "same model, all used",
+            Variant::DensePlan => "dense plan (baseline)",
+        }
+    }
+}
+
+/// One rank's measurements, for the measured steps only.
+struct RankRun {
+    /// Wall time of `reducer.reduce(grads)`, entered right after a barrier.
+    wall: Vec<Duration>,
+    stats: Vec<StepStats>,
+}
+
+/// One case's aggregate.
+#[derive(Debug, Clone, Copy)]
+struct CaseResult {
+    world: usize,
+    variant: Variant,
+    /// Median over steps of the slowest rank's `reduce` wall time.
+    wall: Duration,
+    /// Rank 0's medians of the reducer's own phase timings.
+    pack: Duration,
+    exchange: Duration,
+    all_reduce: Duration,
+    unpack: Duration,
+    /// Bytes per step (rank 0, mean over steps).
+    bytes_sent: f64,
+    usage_bytes: f64,
+    dense_bytes: u64,
+    params_skipped: f64,
+    buckets: f64,
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    assert!(!values.is_empty());
+    values.sort();
+    values[values.len() / 2]
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    sum / n.max(1) as f64
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mib(bytes: f64) -> f64 {
+    bytes / (1024.0 * 1024.0)
+}
+
+/// Runs steps on one rank: forward in the usage scope, real backward, then
+/// a barrier (so that no rank's `reduce` time includes waiting for a slower
+/// backward elsewhere) and the timed `reduce`. Gradients are discarded; the
+/// parameters never change, so every step reduces the same amount of work.
+fn rank_loop<M>(
+    model: M,
+    collective: ThreadCollective,
+    settings: Settings,
+    forward: impl Fn(&M, Tensor<Ad, 2>, usize) -> Tensor<Ad, 2>,
+) -> RankRun
+where
+    M: DdpModel<Ad> + AutodiffModule<Ad>,
+{
+    let device = Default::default();
+    let (model, mut reducer) = Reducer::new(model, collective, ReducerConfig::default())
+        .unwrap_or_else(|e| panic!("reducer set-up failed: {e}"));
+    let x = Tensor::<Ad, 2>::random(
+        [settings.batch, settings.hidden],
+        Distribution::Uniform(-1.0, 1.0),
+        &device,
+    );
+    let total = settings.warmup_steps + settings.steps;
+    let mut run = RankRun {
+        wall: Vec::with_capacity(settings.steps),
+        stats: Vec::with_capacity(settings.steps),
+    };
+    for step in 0..total {
+        let y = reducer.forward(|| forward(&model, x.clone(), step));
+        let loss = y.powf_scalar(2.0).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        reducer.barrier().expect("barrier");
+        let start = Instant::now();
+        let reduced = reducer.reduce(grads).expect("reduce");
+        let wall = start.elapsed();
+        drop(black_box(reduced));
+        if step >= settings.warmup_steps {
+            run.wall.push(wall);
+            run.stats.push(*reducer.last_stats());
+        }
+    }
+    run
+}
+
+fn run_case(settings: &Settings, world: usize, variant: Variant) -> CaseResult {
+    let settings = *settings;
+    let handles: Vec<_> = ThreadGroup::new(world)
+        .into_iter()
+        .enumerate()
+        .map(|(rank, collective)| {
+            thread::Builder::new()
+                .name(format!("rank-{rank}"))
+                .spawn(move || {
+                    let device = Default::default();
+                    <Ad as Backend>::seed(&device, 11 + rank as u64);
+                    let experts = settings.experts;
+                    match variant {
+                        Variant::MaskAware => rank_loop(
+                            MoeNet::<Ad>::new(settings.hidden, experts, &device),
+                            collective,
+                            settings,
+                            move |m, x, step| {
+                                // Every rank a different expert; the head on
+                                // some steps of some ranks.
+                                let expert = (step * world + rank) % experts;
+                                m.forward(x, &[expert], (step + rank) % 3 == 0)
+                            },
+                        ),
+                        Variant::AllUsed => {
+                            let all: Vec<usize> = (0..experts).collect();
+                            rank_loop(
+                                MoeNet::<Ad>::new(settings.hidden, experts, &device),
+                                collective,
+                                settings,
+                                move |m, x, _| m.forward(x, &all, true),
+                            )
+                        }
+                        Variant::DensePlan => {
+                            let model = DenseMoeNet::<Ad>::new(settings.hidden, experts, &device);
+                            assert!(
+                                !model.usage_plan().has_conditional(),
+                                "the dense baseline must have no conditional slot"
+                            );
+                            rank_loop(model, collective, settings, |m, x, _| m.forward(x))
+                        }
+                    }
+                })
+                .expect("spawn rank")
+        })
+        .collect();
+    let runs: Vec<RankRun> = handles
+        .into_iter()
+        .map(|h| h.join().expect("rank panicked"))
+        .collect();
+
+    let steps = runs[0].wall.len();
+    let slowest: Vec<Duration> = (0..steps)
+        .map(|s| runs.iter().map(|r| r.wall[s]).max().expect("ranks"))
+        .collect();
+    let stats = &runs[0].stats;
+    let phase = |f: fn(&StepStats) -> Duration| median(stats.iter().map(f).collect());
+    CaseResult {
+        world,
+        variant,
+        wall: median(slowest),
+        pack: phase(|s| s.pack),
+        exchange: phase(|s| s.exchange),
+        all_reduce: phase(|s| s.all_reduce),
+        unpack: phase(|s| s.unpack),
+        bytes_sent: mean(stats.iter().map(|s| s.bytes_sent as f64)),
+        usage_bytes: mean(stats.iter().map(|s| s.usage_bytes as f64)),
+        dense_bytes: stats[0].dense_bytes,
+        params_skipped: mean(stats.iter().map(|s| s.params_skipped as f64)),
+        buckets: mean(stats.iter().map(|s| s.buckets as f64)),
+    }
+}
+
+fn bench_reducer(settings: &Settings) -> Vec<CaseResult> {
+    let probe = MoeNet::<NdArray>::new(settings.hidden, settings.experts, &Default::default());
+    let plan = probe.usage_plan();
+    let slots = plan.layout().slots();
+    let numel: usize = slots.iter().map(|s| s.numel()).sum();
+    let expert_numel: usize = slots
+        .iter()
+        .filter(|s| s.path.starts_with("experts.0."))
+        .map(|s| s.numel())
+        .sum();
+    println!(
+        "\n== 1. mask-aware reduction vs dense all-reduce ==\n\
+         model: MoeNet, hidden {h}, {e} experts of {en} params ({em:.2} MiB) + encoder + head; \
+         {n} params, {nm:.2} MiB of f32 gradients; batch {b}/rank; ThreadGroup; \
+         default ReducerConfig (25 MiB buckets, f32 wire, world-size averaging)\n\
+         timed: reducer.reduce(grads) entered right after a barrier, {w} warm-up + {s} measured steps; \
+         'reduce' = median over steps of the slowest rank; phases = rank 0's medians from last_stats()",
+        h = settings.hidden,
+        e = settings.experts,
+        en = expert_numel,
+        em = mib((expert_numel * 4) as f64),
+        n = numel,
+        nm = mib((numel * 4) as f64),
+        b = settings.batch,
+        w = settings.warmup_steps,
+        s = settings.steps,
+    );
+    drop(probe);
+
+    let mut results = Vec::new();
+    for world in [2, 4] {
+        for variant in [Variant::DensePlan, Variant::AllUsed, Variant::MaskAware] {
+            results.push(run_case(settings, world, variant));
+        }
+    }
+
+    println!(
+        "\n{:>5}  {:<27} {:>10} {:>8} {:>10} {:>8} {:>8} {:>9} {:>8} {:>10} {:>10}",
+        "world",
+        "variant",
+        "sent MiB",
+        "skipped",
+        "reduce ms",
+        "pack",
+        "exchange",
+        "allreduce",
+        "unpack",
+        "time/base",
+        "bytes/base"
+    );
+    for r in &results {
+        let base = results
+            .iter()
+            .find(|b| b.world == r.world && b.variant == Variant::DensePlan)
+            .expect("baseline ran");
+        println!(
+            "{:>5}  {:<27} {:>10.3} {:>8.1} {:>10.3} {:>8.3} {:>8.3} {:>9.3} {:>8.3} {:>10.3} {:>10.3}",
+            r.world,
+            r.variant.name(),
+            mib(r.bytes_sent),
+            r.params_skipped,
+            ms(r.wall),
+            ms(r.pack),
+            ms(r.exchange),
+            ms(r.all_reduce),
+            ms(r.unpack),
+            r.wall.as_secs_f64() / base.wall.as_secs_f64(),
+            r.bytes_sent / base.bytes_sent,
+        );
+    }
+    let dense = mib(results[0].dense_bytes as f64);
+    let mean_buckets = mean(results.iter().map(|r| r.buckets));
+    println!(
+        "(dense_bytes per step {dense:.3} MiB; mean {mean_buckets:.2} bucket(s) per step; \
+         'sent' includes the usage exchange: {:.0} B for MoeNet, 0 for the dense plan)",
+        results
+            .iter()
+            .find(|r| r.variant == Variant::MaskAware)
+            .map_or(0.0, |r| r.usage_bytes),
+    );
+    results
+}
+
+// ---------------------------------------------------------------------------
+// 2. Against the bandwidth bound
+// ---------------------------------------------------------------------------
+
+/// Aggregate memcpy rate (bytes copied per second, summed over threads) of
+/// `threads` threads each copying its own `bytes`-sized buffer at the same
+/// time; best of `reps`.
+fn memcpy_rate(bytes: usize, threads: usize, reps: usize) -> f64 {
+    let len = (bytes / 4).max(1);
+    let barrier = Arc::new(Barrier::new(threads));
+    let times: Vec<Vec<Duration>> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let barrier = Arc::clone(&barrier);
+                scope.spawn(move || {
+                    let src: Vec<f32> = (0..len).map(|i| (i + t) as f32).collect();
+                    let mut dst = vec![0.0f32; len]; // faulted in by the first copy
+                    let mut times = Vec::with_capacity(reps + 1);
+                    for _ in 0..=reps {
+                        barrier.wait();
+                        let start = Instant::now();
+                        dst.copy_from_slice(black_box(&src));
+                        black_box(&mut dst);
+                        times.push(start.elapsed());
+                    }
+                    times.remove(0); // the page-faulting warm-up
+                    times
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("memcpy thread"))
+            .collect()
+    });
+    let best = (0..reps)
+        .map(|rep| times.iter().map(|t| t[rep]).max().expect("threads"))
+        .min()
+        .expect("reps");
+    (len * 4 * threads) as f64 / best.as_secs_f64()
+}
+
+/// Median over calls of the slowest rank's time for one
+/// `ThreadCollective::all_reduce_sum` of `len` f32 (after a barrier): the
+/// collective alone, without the reducer's packing and unpacking.
+fn raw_all_reduce(world: usize, len: usize, calls: usize) -> Duration {
+    let handles: Vec<_> = ThreadGroup::new(world)
+        .into_iter()
+        .map(|mut collective| {
+            thread::spawn(move || {
+                let mut data = vec![1.0f32; len];
+                let mut times = Vec::with_capacity(calls);
+                for call in 0..calls + 3 {
+                    let step = call as u64 + 1;
+                    collective
+                        .barrier(Tag::new(step, Op::Barrier))
+                        .expect("barrier");
+                    let start = Instant::now();
+                    collective
+                        .all_reduce_sum(Tag::new(step, Op::Bucket(0)), WireBuf::F32(&mut data))
+                        .expect("all-reduce");
+                    let elapsed = start.elapsed();
+                    data.fill(1.0);
+                    if call >= 3 {
+                        times.push(elapsed);
+                    }
+                }
+                times
+            })
+        })
+        .collect();
+    let times: Vec<Vec<Duration>> = handles
+        .into_iter()
+        .map(|h| h.join().expect("rank panicked"))
+        .collect();
+    median(
+        (0..calls)
+            .map(|c| times.iter().map(|t| t[c]).max().expect("ranks"))
+            .collect(),
+    )
+}
+
+fn bench_bound(settings: &Settings, results: &[CaseResult], cores: usize) {
+    println!(
+        "\n== 2. against the memory-bandwidth bound ==\n\
+         bound for an all-reduce of N bytes on w ranks in shared memory: every rank's buffer must be \
+         read once and written once, i.e. w memcpys of N bytes, spread over p = min(w, cores) cores:\n\
+         bound = w * N / R(N, p), R = aggregate memcpy rate of p threads each copying N bytes \
+         concurrently (best of {} reps, measured now at each N)",
+        settings.memcpy_reps
+    );
+    let dense = results[0].dense_bytes as usize;
+    println!(
+        "memcpy of {:.2} MiB (the dense gradient):",
+        mib(dense as f64)
+    );
+    for threads in 1..=cores.min(4) {
+        let rate = memcpy_rate(dense, threads, settings.memcpy_reps);
+        println!(
+            "  {threads} thread(s): {:.2} GB/s aggregate ({:.3} ms per copy per thread)",
+            rate / 1e9,
+            ms(Duration::from_secs_f64(
+                dense as f64 * threads as f64 / rate
+            )),
+        );
+    }
+    let mut rates: HashMap<(usize, usize), f64> = HashMap::new();
+    let mut raw: HashMap<(usize, usize), Duration> = HashMap::new();
+    println!(
+        "\n{:>5}  {:<27} {:>8} {:>7} {:>8} {:>8} {:>10} {:>10} {:>13} {:>10}",
+        "world",
+        "variant",
+        "N MiB",
+        "R GB/s",
+        "bound ms",
+        "raw ms",
+        "allreduce",
+        "raw/bound",
+        "allred/bound",
+        "reduce/bnd"
+    );
+    for r in results {
+        let n = (r.bytes_sent - r.usage_bytes).round() as usize;
+        let p = r.world.min(cores);
+        let rate = *rates
+            .entry((n, p))
+            .or_insert_with(|| memcpy_rate(n, p, settings.memcpy_reps));
+        let raw = *raw
+            .entry((r.world, n))
+            .or_insert_with(|| raw_all_reduce(r.world, n / 4, settings.steps));
+        let bound = Duration::from_secs_f64(r.world as f64 * n as f64 / rate);
+        let over = |d: Duration| d.as_secs_f64() / bound.as_secs_f64();
+        println!(
+            "{:>5}  {:<27} {:>8.3} {:>7.1} {:>8.3} {:>8.3} {:>10.3} {:>10.2} {:>13.2} {:>10.2}",
+            r.world,
+            r.variant.name(),
+            mib(n as f64),
+            rate / 1e9,
+            ms(bound),
+            ms(raw),
+            ms(r.all_reduce),
+            over(raw),
+            over(r.all_reduce),
+            over(r.wall),
+        );
+    }
+    println!(
+        "('raw' = one ThreadCollective::all_reduce_sum of N bytes alone, median of the slowest \
+         rank after a barrier; 'allreduce' = rank 0's median bucket all-reduce time from \
+         StepStats, rendezvous waits included; 'reduce' = the whole reduce() call, slowest rank)"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. Cost of usage recording per forward
+// ---------------------------------------------------------------------------
+
+/// Best-of-`reps` ns per call of `a` and of `b`, interleaved rep by rep (in
+/// alternating order) so that drifting machine load hits both alike.
+fn compare(reps: usize, calls: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
+    let per_call = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        for _ in 0..calls {
+            f();
+        }
+        start.elapsed().as_secs_f64() * 1e9 / calls as f64
+    };
+    // Warm-up.
+    per_call(&mut a);
+    per_call(&mut b);
+    let mut best = (f64::INFINITY, f64::INFINITY);
+    for rep in 0..reps {
+        // Alternate which goes first, so neither always runs right after
+        // the other.
+        if rep % 2 == 0 {
+            best.0 = best.0.min(per_call(&mut a));
+            best.1 = best.1.min(per_call(&mut b));
+        } else {
+            best.1 = best.1.min(per_call(&mut b));
+            best.0 = best.0.min(per_call(&mut a));
+        }
+    }
+    best
+}
+
+fn bench_recording(settings: &Settings) {
+    const WIDTH: usize = 4;
+    const EXPERTS: usize = 8;
+    println!(
+        "\n== 3. cost of usage recording ==\n\
+         best of {} interleaved repetitions; single thread",
+        settings.record_reps
+    );
+    let device = Default::default();
+    let mut record = UsageRecord::default();
+
+    println!(
+        "\n{:<58} {:>12} {:>12} {:>10} {:>8}",
+        "what (per call)", "no scope ns", "scope ns", "diff ns", "ratio"
+    );
+    let row = |what: &str, (plain, scoped): (f64, f64)| {
+        println!(
+            "{what:<58} {plain:>12.1} {scoped:>12.1} {:>10.1} {:>8.3}",
+            scoped - plain,
+            scoped / plain
+        );
+    };
+
+    // Inference backend: the forward alone (recording does not depend on
+    // the backend; an autodiff forward without backward would pile up
+    // graph state and time that instead).
+    let model = TinyMoe::<NdArray>::new(WIDTH, EXPERTS, &device);
+    let x = Tensor::<NdArray, 2>::ones([1, WIDTH], &device);
+    // Sanity: in a scope the forward records the expert and the head (2
+    // Linear = 4 parameter ids).
+    record.record(|| model.forward(x.clone(), 3, true));
+    assert_eq!(record.ids().len(), 4, "TinyMoe should record 4 ids");
+    record.clear();
+    let (mut i, mut i2) = (0usize, 0usize);
+    let forward = compare(
+        settings.record_reps,
+        settings.record_forwards,
+        || {
+            i = i.wrapping_add(1);
+            black_box(model.forward(x.clone(), i % EXPERTS, true));
+        },
+        || {
+            i2 = i2.wrapping_add(1);
+            black_box(record.record(|| model.forward(x.clone(), i2 % EXPERTS, true)));
+            record.clear();
+        },
+    );
+    row(
+        &format!("TinyMoe<NdArray> forward (3 Linear {WIDTH}x{WIDTH}, records 4 ids)"),
+        forward,
+    );
+
+    // A whole tiny training step on Autodiff<NdArray>: forward (in the scope
+    // or not) + backward + gradient collection.
+    let model = TinyMoe::<Ad>::new(WIDTH, EXPERTS, &device);
+    let x = Tensor::<Ad, 2>::ones([1, WIDTH], &device);
+    let (mut i, mut i2) = (0usize, 0usize);
+    let train = compare(
+        settings.record_reps,
+        settings.record_forwards / 4,
+        || {
+            i = i.wrapping_add(1);
+            let y = model.forward(x.clone(), i % EXPERTS, true);
+            black_box(GradientsParams::from_grads(y.sum().backward(), &model));
+        },
+        || {
+            i2 = i2.wrapping_add(1);
+            let y = record.record(|| model.forward(x.clone(), i2 % EXPERTS, true));
+            record.clear();
+            black_box(GradientsParams::from_grads(y.sum().backward(), &model));
+        },
+    );
+    row("TinyMoe<Autodiff<NdArray>> forward + backward", train);
+
+    let touch = TouchOnly::<NdArray>::new(WIDTH, EXPERTS, &device);
+    record.record(|| touch.forward(5));
+    assert_eq!(record.ids().len(), 2, "TouchOnly should record 2 ids");
+    record.clear();
+    let (mut j, mut j2) = (0usize, 0usize);
+    let touched = compare(
+        settings.record_reps,
+        settings.touch_calls,
+        || {
+            j = j.wrapping_add(1);
+            black_box(touch.forward(black_box(j % EXPERTS)));
+        },
+        || {
+            j2 = j2.wrapping_add(1);
+            black_box(record.record(|| touch.forward(black_box(j2 % EXPERTS))));
+            record.clear();
+        },
+    );
+    row(
+        "TouchOnly forward (index one expert, records 2 ids)",
+        touched,
+    );
+
+    // The scope alone: entering and leaving `UsageRecord::record` + clear.
+    let scope = compare(
+        settings.record_reps,
+        settings.touch_calls,
+        || {
+            black_box(black_box(7usize));
+        },
+        || {
+            black_box(record.record(|| black_box(7usize)));
+            record.clear();
+        },
+    );
+    row("empty closure (scope enter/leave + clear only)", scope);
+
+    // Recording inside a scope that stays open: the per-expert cost without
+    // entering and leaving the scope. The ids accumulate (2 per call); a
+    // warm-up burst grows the buffer first so the timed bursts do not
+    // reallocate.
+    let burst = settings.touch_calls / 10;
+    let mut k = 0usize;
+    let in_scope = record.record(|| {
+        (0..=settings.record_reps)
+            .map(|_| {
+                let start = Instant::now();
+                for _ in 0..burst {
+                    k = k.wrapping_add(1);
+                    black_box(touch.forward(black_box(k % EXPERTS)));
+                }
+                start.elapsed().as_secs_f64() * 1e9 / burst as f64
+            })
+            .skip(1)
+            .fold(f64::INFINITY, f64::min)
+    });
+    record.clear();
+    println!(
+        "recording one expert (2 ids) inside an open scope: {in_scope:.1} ns per touch \
+         (TouchOnly outside any scope: {:.1} ns)",
+        touched.0
+    );
+}
