@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 use proc_macro2::TokenStream;
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned;
 use syn::{Item, ItemImpl, ItemStruct, Type, parse_quote};
 
 use crate::analysis::{self, FieldTable, FieldUsage};
@@ -135,7 +136,25 @@ fn forward_impl(args: TokenStream, item: &ItemImpl) -> TokenStream {
         callback_path(&item.self_ty)
     };
     match path {
-        Ok(path) => quote!(#path! { { #args } #item }),
+        Ok(path) => {
+            // If the struct lacks `#[ddp_model]`, the callback path above does
+            // not resolve; this bound then adds an error naming the struct.
+            let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+            let self_ty = &item.self_ty;
+            // (A struct without type parameters has no backend generic and
+            // was already reported by its own expansion.)
+            let has_type_params = item.generics.type_params().next().is_some();
+            let check = has_type_params.then(|| quote_spanned! {self_ty.span()=>
+                const _: () = {
+                    #[allow(dead_code)]
+                    fn __maskddp_struct_has_ddp_model #impl_generics () #where_clause {
+                        fn has_ddp_model<T: ?::core::marker::Sized + ::maskddp::__private::ModelBackend>() {}
+                        has_ddp_model::<#self_ty>();
+                    }
+                };
+            });
+            quote!(#path! { { #args } #item } #check)
+        }
         Err(err) => {
             let err = err.to_compile_error();
             let item = instrument::strip_impl(item);

@@ -226,12 +226,17 @@ impl Walker<'_> {
         let attrs = attr::stmt_attrs(stmt);
         if attrs.iter().any(attr::is_ddp) {
             // The user states what the statement uses; we do not look inside.
-            if let Ok(Some(members)) = attr::stmt_uses(attrs) {
-                for member in members {
-                    if let Some(field) = self.fields.param(&member) {
-                        self.use_whole(field);
+            match attr::stmt_uses(attrs) {
+                Ok(members) => {
+                    for member in members.unwrap_or_default() {
+                        if let Some(field) = self.fields.param(&member) {
+                            self.use_whole(field);
+                        }
                     }
                 }
+                // The malformed attribute is reported elsewhere; counting
+                // every field as used keeps "never used" errors from piling on.
+                Err(_) => (0..self.fields.params.len()).for_each(|f| self.use_whole(f)),
             }
             return;
         }
@@ -615,33 +620,27 @@ impl Walker<'_> {
     /// `self` except `self.field` reads of parameter-free fields.
     fn param_use_in_tokens(&self, tokens: TokenStream) -> bool {
         let tts: Vec<TokenTree> = tokens.into_iter().collect();
-        for (i, tt) in tts.iter().enumerate() {
-            match tt {
-                TokenTree::Group(g) => {
-                    if self.param_use_in_tokens(g.stream()) {
-                        return true;
-                    }
-                }
-                TokenTree::Ident(ident) if ident == "self" => {
-                    let harmless = matches!(tts.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == '.')
-                        && match tts.get(i + 2) {
-                            Some(TokenTree::Ident(f)) => {
-                                self.fields.others.contains(&f.to_string())
-                            }
-                            Some(TokenTree::Literal(l)) => {
-                                self.fields.others.contains(&l.to_string())
-                            }
-                            _ => false,
-                        }
-                        && !matches!(tts.get(i + 3), Some(TokenTree::Group(g)) if g.delimiter() == proc_macro2::Delimiter::Parenthesis);
-                    if !harmless {
-                        return true;
-                    }
-                }
-                _ => {}
-            }
-        }
-        false
+        tts.iter().enumerate().any(|(i, tt)| match tt {
+            TokenTree::Group(g) => self.param_use_in_tokens(g.stream()),
+            TokenTree::Ident(ident) if ident == "self" => !self.harmless_self(&tts[i + 1..]),
+            _ => false,
+        })
+    }
+
+    /// `self.width` (a parameter-free field, not called): `after` holds the
+    /// tokens following `self`.
+    fn harmless_self(&self, after: &[TokenTree]) -> bool {
+        let dot = matches!(after.first(), Some(TokenTree::Punct(p)) if p.as_char() == '.');
+        let field = match after.get(1) {
+            Some(TokenTree::Ident(f)) => self.fields.others.contains(&f.to_string()),
+            Some(TokenTree::Literal(l)) => self.fields.others.contains(&l.to_string()),
+            _ => false,
+        };
+        let called = matches!(
+            after.get(2),
+            Some(TokenTree::Group(g)) if g.delimiter() == proc_macro2::Delimiter::Parenthesis
+        );
+        dot && field && !called
     }
 
     /// A closure returned from a method would run after the usage scope.

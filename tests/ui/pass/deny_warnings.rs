@@ -1,5 +1,10 @@
 // The expansion is lint-clean: no warning in user code, even denied.
-#![deny(warnings, missing_debug_implementations, unused_qualifications, unused_results)]
+#![deny(
+    warnings,
+    missing_debug_implementations,
+    unused_qualifications,
+    unused_results
+)]
 #![deny(clippy::all)]
 
 use burn::backend::NdArray;

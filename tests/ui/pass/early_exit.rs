@@ -14,7 +14,11 @@ pub struct Net<B: Backend> {
 
 #[ddp_model]
 impl<B: Backend> Net<B> {
-    pub fn forward(&self, x: Tensor<B, 2>, mask: Option<Tensor<B, 2>>) -> Result<Tensor<B, 2>, String> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        mask: Option<Tensor<B, 2>>,
+    ) -> Result<Tensor<B, 2>, String> {
         let x = self.first.forward(x);
         let width = Self::check(&x)?;
         let y = self.after_try.forward(x);
@@ -29,18 +33,29 @@ impl<B: Backend> Net<B> {
 
     fn check(x: &Tensor<B, 2>) -> Result<usize, String> {
         let [_, width] = x.dims();
-        if width > 1000 { Err("too wide".into()) } else { Ok(width) }
+        if width > 1000 {
+            Err("too wide".into())
+        } else {
+            Ok(width)
+        }
     }
 }
 
 fn main() {
     let device = Default::default();
     let lin = || LinearConfig::new(2, 2).init::<NdArray>(&device);
-    let model = Net { first: lin(), after_try: lin(), after_return: lin() };
+    let model = Net {
+        first: lin(),
+        after_try: lin(),
+        after_return: lin(),
+    };
     let plan = model.usage_plan();
     assert_eq!(plan.usage()[0], Usage::Always);
     assert!(plan.usage()[2].is_conditional());
     assert!(plan.usage()[4].is_conditional());
-    let out = model.forward(Tensor::ones([1, 2], &device), Some(Tensor::ones([1, 2], &device)));
+    let out = model.forward(
+        Tensor::ones([1, 2], &device),
+        Some(Tensor::ones([1, 2], &device)),
+    );
     assert!(out.is_ok());
 }

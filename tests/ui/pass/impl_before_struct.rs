@@ -19,7 +19,9 @@ pub struct Late<B: Backend> {
 
 fn main() {
     let device = Default::default();
-    let model = Late::<NdArray> { lin: LinearConfig::new(2, 2).init(&device) };
+    let model = Late::<NdArray> {
+        lin: LinearConfig::new(2, 2).init(&device),
+    };
     assert!(!model.usage_plan().has_conditional());
     let _ = model.forward(Tensor::ones([1, 2], &device));
 }

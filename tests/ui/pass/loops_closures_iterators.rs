@@ -57,7 +57,12 @@ fn main() {
     };
     let plan = model.usage_plan();
     let usage = |path: &str| {
-        let slot = plan.layout().slots().iter().position(|s| s.path == path).unwrap();
+        let slot = plan
+            .layout()
+            .slots()
+            .iter()
+            .position(|s| s.path == path)
+            .unwrap();
         plan.usage()[slot]
     };
     assert_eq!(usage("stem.weight"), Usage::Always);

@@ -28,7 +28,9 @@ impl<B: Backend> Heads<B> {
             Task::Segment { .. } => self.seg.forward(x),
             Task::Both => self.seg.forward(self.cls.forward(x)),
         };
-        if let [n, _] = y.dims() && n > 100 {
+        if let [n, _] = y.dims()
+            && n > 100
+        {
             y
         } else if y.dims()[1] > 0 {
             self.shared.forward(y)
@@ -41,10 +43,20 @@ impl<B: Backend> Heads<B> {
 fn main() {
     let device = Default::default();
     let lin = || LinearConfig::new(2, 2).init::<NdArray>(&device);
-    let model = Heads { cls: lin(), seg: lin(), big_seg: lin(), shared: lin() };
+    let model = Heads {
+        cls: lin(),
+        seg: lin(),
+        big_seg: lin(),
+        shared: lin(),
+    };
     let plan = model.usage_plan();
     assert_eq!(plan.conditional_slots().count(), 8);
-    for task in [Task::Classify, Task::Segment { masks: 11 }, Task::Segment { masks: 1 }, Task::Both] {
+    for task in [
+        Task::Classify,
+        Task::Segment { masks: 11 },
+        Task::Segment { masks: 1 },
+        Task::Both,
+    ] {
         let _ = model.forward(Tensor::ones([1, 2], &device), task);
     }
 }

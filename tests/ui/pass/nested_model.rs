@@ -30,7 +30,11 @@ pub struct Net<B: Backend> {
 impl<B: Backend> Net<B> {
     pub fn forward(&self, x: Tensor<B, 2>, deep: bool) -> Tensor<B, 2> {
         let x = self.always.forward(x, false);
-        if deep { self.sometimes.forward(x, true) } else { x }
+        if deep {
+            self.sometimes.forward(x, true)
+        } else {
+            x
+        }
     }
 }
 
@@ -40,7 +44,10 @@ fn main() {
         main: LinearConfig::new(2, 2).init(&device),
         skip: LinearConfig::new(2, 2).init(&device),
     };
-    let model = Net { always: block(), sometimes: block() };
+    let model = Net {
+        always: block(),
+        sometimes: block(),
+    };
     let plan = model.usage_plan();
     let usage = plan.usage();
     assert_eq!(usage[0], Usage::Always); // always.main.weight

@@ -33,7 +33,11 @@ impl<B: Backend> Net<B> {
 fn main() {
     let device = Default::default();
     let lin = || LinearConfig::new(2, 2).init::<NdArray>(&device);
-    let model = Net { body: lin(), norm: Some(lin()), head: Some(lin()) };
+    let model = Net {
+        body: lin(),
+        norm: Some(lin()),
+        head: Some(lin()),
+    };
     let plan = model.usage_plan();
     assert!(plan.usage()[..4].iter().all(|u| *u == Usage::Always));
     assert!(plan.usage()[4].is_conditional());

@@ -25,14 +25,22 @@ impl<B: Backend> Net<B> {
 
     fn odd_step(&self, x: Tensor<B, 2>, n: usize) -> Tensor<B, 2> {
         let x = self.odd.forward(x);
-        if n == 0 { self.last.forward(x) } else { self.even_step(x, n - 1) }
+        if n == 0 {
+            self.last.forward(x)
+        } else {
+            self.even_step(x, n - 1)
+        }
     }
 }
 
 fn main() {
     let device = Default::default();
     let lin = || LinearConfig::new(2, 2).init::<NdArray>(&device);
-    let model = Net { even: lin(), odd: lin(), last: lin() };
+    let model = Net {
+        even: lin(),
+        odd: lin(),
+        last: lin(),
+    };
     let plan = model.usage_plan();
     assert_eq!(plan.usage()[0], Usage::Always);
     assert!(plan.usage()[2].is_conditional());

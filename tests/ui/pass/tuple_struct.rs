@@ -48,10 +48,18 @@ impl<B: Backend> Pair<B> {
 
 fn main() {
     let device = Default::default();
-    let model = Pair::<NdArray>(LinearConfig::new(2, 2).init(&device), LinearConfig::new(2, 2).init(&device));
+    let model = Pair::<NdArray>(
+        LinearConfig::new(2, 2).init(&device),
+        LinearConfig::new(2, 2).init(&device),
+    );
     let plan = model.usage_plan();
     assert_eq!(plan.layout().slots()[2].path, "1.weight");
     assert_eq!(plan.usage()[0], Usage::Always);
-    assert_eq!(plan.usage()[2], Usage::Conditional { branch: "if second" });
+    assert_eq!(
+        plan.usage()[2],
+        Usage::Conditional {
+            branch: "if second"
+        }
+    );
     let _ = model.forward(Tensor::ones([1, 2], &device), true);
 }

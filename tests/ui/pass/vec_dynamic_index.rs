@@ -29,7 +29,11 @@ impl<B: Backend> Moe<B> {
 fn main() {
     let device = Default::default();
     let lin = || LinearConfig::new(2, 2).init::<NdArray>(&device);
-    let model = Moe { router: lin(), experts: vec![lin(), lin(), lin()], fallback: vec![lin()] };
+    let model = Moe {
+        router: lin(),
+        experts: vec![lin(), lin(), lin()],
+        fallback: vec![lin()],
+    };
     let plan = model.usage_plan();
     assert_eq!(plan.conditional_slots().count(), 8);
     let slots = plan.layout().slots();
@@ -41,7 +45,10 @@ fn main() {
             .map(|s| s.path.as_str())
             .collect();
         let expected: Vec<String> = match expert {
-            0..=2 => vec![format!("experts.{expert}.weight"), format!("experts.{expert}.bias")],
+            0..=2 => vec![
+                format!("experts.{expert}.weight"),
+                format!("experts.{expert}.bias"),
+            ],
             3 => vec!["fallback.0.weight".into(), "fallback.0.bias".into()],
             _ => vec![],
         };

@@ -14,7 +14,11 @@ pub struct Distill<B: Backend> {
 impl<B: Backend> Distill<B> {
     pub fn forward(&self, x: Tensor<B, 2>, distill: bool) -> Tensor<B, 2> {
         let y = self.student.forward(x.clone());
-        if distill { y - self.teacher.forward(x) } else { y }
+        if distill {
+            y - self.teacher.forward(x)
+        } else {
+            y
+        }
     }
 }
 

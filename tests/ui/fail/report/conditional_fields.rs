@@ -15,7 +15,11 @@ pub struct Detector<B: Backend> {
 impl<B: Backend> Detector<B> {
     pub fn forward(&self, x: Tensor<B, 2>, has_masks: bool, expert: usize) -> Tensor<B, 2> {
         let y = self.cls_head.forward(x);
-        let y = if has_masks { self.mask_head.forward(y) } else { y };
+        let y = if has_masks {
+            self.mask_head.forward(y)
+        } else {
+            y
+        };
         self.experts[expert].forward(y)
     }
 }
