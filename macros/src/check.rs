@@ -1,5 +1,4 @@
-//! Diagnostics on the analysis' verdicts: parameters `forward` never uses,
-//! and frozen fields it does use.
+//! Diagnostics on the analysis' verdicts: parameters `forward` never uses.
 
 use quote::ToTokens;
 
@@ -19,15 +18,18 @@ pub(crate) fn check_usage(cx: &Ctxt, model: &Model<'_>, usage: &[FieldUsage]) {
                      is intentionally not trained"
                 ),
             ),
-            (FieldUsage::Always | FieldUsage::Conditional(_), Some(frozen)) => cx.error_spanned_by(
-                frozen,
-                format!(
-                    "field `{name}` is marked `#[ddp(frozen)]` but `forward` uses it\n\
-                     help: remove `#[ddp(frozen)]`: a frozen field takes no part in `forward` \
-                     and never receives a gradient"
-                ),
-            ),
             _ => {}
+        }
+    }
+}
+
+/// A frozen field is never reduced nor recorded, whatever `forward` does with
+/// it: a distillation teacher runs in `forward` without being trained. Should
+/// one of its parameters get a gradient anyway, the reducer reports it.
+pub(crate) fn apply_frozen(model: &Model<'_>, usage: &mut [FieldUsage]) {
+    for (field, usage) in model.param_fields().zip(usage) {
+        if field.frozen.is_some() {
+            *usage = FieldUsage::Never;
         }
     }
 }

@@ -229,9 +229,10 @@ pub(crate) fn ddp_model_impl(input: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     let args = ImplArgs::parse(&cx, args);
     let fields = FieldTable::from_model(&model);
-    let usage = analysis::analyse(&cx, &fields, &imp);
-    if let Some(usage) = &usage {
+    let mut usage = analysis::analyse(&cx, &fields, &imp);
+    if let Some(usage) = &mut usage {
         check::check_usage(&cx, &model, usage);
+        check::apply_frozen(&model, usage);
     }
     let conditional: BTreeSet<usize> = usage
         .iter()
@@ -320,6 +321,7 @@ fn ddp_model_trait_impl(
                     quote!(#(#cfgs)* plan.conditional::<#backend, _>(&self.#member, #branch);),
                 );
             }
+            // Never-used fields that are not frozen were reported as errors.
             FieldUsage::Never => {
                 plan.push(quote!(#(#cfgs)* plan.frozen::<#backend, _>(&self.#member);));
             }

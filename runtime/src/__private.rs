@@ -20,6 +20,11 @@ pub use burn::tensor::backend::Backend as BurnBackend;
 
 /// Names the backend type parameter of a `#[ddp_model]` struct, so code
 /// generated for its impl blocks need not know how the user spelled it.
+#[diagnostic::on_unimplemented(
+    message = "the struct `{Self}` is missing `#[ddp_model]`",
+    label = "this impl block has `#[ddp_model]`, its struct does not",
+    note = "put `#[ddp_model]` on the struct definition too, above its `#[derive(Module)]`"
+)]
 pub trait ModelBackend {
     /// The struct's backend.
     type Backend: Backend;
