@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     ranks: u16,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..))]
     steps: u32,
     /// Samples per rank per step.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
@@ -275,7 +275,8 @@ fn report(args: &Args, elapsed: Duration, results: &[RankResult]) -> bool {
     };
     let steps = args.steps as usize;
     println!(
-        "loss (mean over ranks): first {window} steps {:.4}, last {window} steps {:.4}",
+        "loss (mean over ranks): step 1 {:.4}, mean of the first {window} steps {:.4}, of the last {window} {:.4}",
+        mean_loss(0..1),
         mean_loss(0..window),
         mean_loss(steps - window..steps),
     );

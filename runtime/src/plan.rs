@@ -185,8 +185,7 @@ impl fmt::Display for PlanTable<'_> {
             }
         }
         let line = |f: &mut fmt::Formatter<'_>, cells: [&str; 4]| {
-            writeln!(
-                f,
+            let text = format!(
                 "{:<w0$}  {:<w1$}  {:<w2$}  {}",
                 cells[0],
                 cells[1],
@@ -195,7 +194,8 @@ impl fmt::Display for PlanTable<'_> {
                 w0 = widths[0],
                 w1 = widths[1],
                 w2 = widths[2],
-            )
+            );
+            writeln!(f, "{}", text.trim_end())
         };
         line(f, header)?;
         for row in &rows {

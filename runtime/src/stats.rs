@@ -116,6 +116,8 @@ pub struct StatsSummary {
     pub params_reduced: u64,
     /// Sum of [`StepStats::elements_skipped`].
     pub elements_skipped: u64,
+    /// Sum of [`StepStats::elements_reduced`].
+    pub elements_reduced: u64,
     /// Sum of [`StepStats::buckets`].
     pub buckets: u64,
     /// Sum of [`StepStats::pack`].
@@ -138,6 +140,7 @@ impl StatsSummary {
         self.params_skipped += step.params_skipped as u64;
         self.params_reduced += step.params_reduced as u64;
         self.elements_skipped += step.elements_skipped as u64;
+        self.elements_reduced += step.elements_reduced as u64;
         self.buckets += step.buckets as u64;
         self.pack += step.pack;
         self.exchange += step.exchange;
@@ -166,10 +169,13 @@ impl fmt::Display for StatsSummary {
         )?;
         writeln!(
             f,
-            "parameters skipped: {} of {} slot-steps ({} elements), {:.1} buckets per step",
-            self.params_skipped,
-            self.params_skipped + self.params_reduced,
-            self.elements_skipped,
+            "parameters skipped per step: {:.1} of {} ({:.1}% of the elements), {:.1} buckets per step",
+            self.params_skipped as f64 / steps as f64,
+            (self.params_skipped + self.params_reduced) / steps,
+            percent(
+                self.elements_skipped,
+                self.elements_skipped + self.elements_reduced
+            ),
             self.buckets as f64 / steps as f64,
         )?;
         write!(
