@@ -9,16 +9,15 @@ use crate::model::{Model, ModelField};
 pub(crate) fn check_usage(cx: &Ctxt, model: &Model<'_>, usage: &[FieldUsage]) {
     for (field, usage) in model.param_fields().zip(usage) {
         let name = field.name();
-        match (usage, field.frozen) {
-            (FieldUsage::Never, None) => cx.error_spanned_by(
+        if let (FieldUsage::Never, None) = (usage, field.frozen) {
+            cx.error_spanned_by(
                 field_span(field),
                 format!(
                     "parameter field `{name}` is never used by `forward`\n\
                      help: use it in `forward`, remove it, or mark it `#[ddp(frozen)]` if it \
                      is intentionally not trained"
                 ),
-            ),
-            _ => {}
+            );
         }
     }
 }
