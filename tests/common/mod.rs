@@ -7,10 +7,11 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+#[path = "../../runtime/tests/common/ranks.rs"]
+mod ranks;
+pub use ranks::{all_ok, run_ranks};
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
@@ -19,7 +20,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
-use maskddp::{ParamLayout, ThreadCollective, ddp_model};
+use maskddp::{ParamLayout, ddp_model};
 
 pub type Ad = Autodiff<NdArray<f32>>;
 
@@ -417,69 +418,6 @@ pub fn reference_average(
                     abs_sum.iter().map(|a| a / divisor).collect(),
                 ),
             )
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------
-// Ranks on threads, under a hard timeout
-
-/// Runs `body(rank, collective)` on one thread per collective and returns
-/// the results by rank (a panic becomes `Err(message)`). Fails the test,
-/// instead of hanging, if any rank is still running after `limit`.
-pub fn run_ranks<T, F>(
-    collectives: Vec<ThreadCollective>,
-    limit: Duration,
-    body: F,
-) -> Vec<Result<T, String>>
-where
-    T: Send + 'static,
-    F: Fn(usize, ThreadCollective) -> T + Send + Sync + 'static,
-{
-    let world = collectives.len();
-    let body = Arc::new(body);
-    let (sender, receiver) = mpsc::channel();
-    for (rank, collective) in collectives.into_iter().enumerate() {
-        let body = Arc::clone(&body);
-        let sender = sender.clone();
-        std::thread::Builder::new()
-            .name(format!("rank {rank}"))
-            .spawn(move || {
-                let result =
-                    catch_unwind(AssertUnwindSafe(|| body(rank, collective))).map_err(|panic| {
-                        panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default()
-                    });
-                let _ = sender.send((rank, result));
-            })
-            .expect("spawn a rank thread");
-    }
-    drop(sender);
-    let deadline = Instant::now() + limit;
-    let mut results: Vec<Option<Result<T, String>>> = (0..world).map(|_| None).collect();
-    for _ in 0..world {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match receiver.recv_timeout(left) {
-            Ok((rank, result)) => results[rank] = Some(result),
-            Err(_) => {
-                let missing: Vec<usize> = (0..world).filter(|&r| results[r].is_none()).collect();
-                panic!("ranks {missing:?} did not finish within {limit:?}: a hang");
-            }
-        }
-    }
-    results.into_iter().map(Option::unwrap).collect()
-}
-
-/// Unwraps every rank's result, naming the rank that panicked.
-pub fn all_ok<T>(results: Vec<Result<T, String>>) -> Vec<T> {
-    results
-        .into_iter()
-        .enumerate()
-        .map(|(rank, result)| {
-            result.unwrap_or_else(|panic| panic!("rank {rank} panicked: {panic}"))
         })
         .collect()
 }

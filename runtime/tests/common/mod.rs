@@ -4,10 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod ranks;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use ranks::{RankResult, all_ok, run_ranks};
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -16,7 +15,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use maskddp_runtime::__private::record_module;
-use maskddp_runtime::{DdpModel, PlanBuilder, ThreadCollective};
+use maskddp_runtime::{DdpModel, PlanBuilder};
 
 pub type Ad = Autodiff<NdArray<f32>>;
 pub type Inner = NdArray<f32>;
@@ -217,68 +216,5 @@ pub fn bits(values: &[Vec<f32>]) -> Vec<Vec<u32>> {
     values
         .iter()
         .map(|slot| slot.iter().map(|x| x.to_bits()).collect())
-        .collect()
-}
-
-/// A rank's outcome: its value, or its panic message.
-pub type RankResult<T> = Result<T, String>;
-
-/// Runs `body(rank, collective)` on one thread per collective and returns the
-/// results by rank. Fails the test (instead of hanging) if any rank has not
-/// finished within `limit`.
-pub fn run_ranks<T, F>(
-    collectives: Vec<ThreadCollective>,
-    limit: Duration,
-    body: F,
-) -> Vec<RankResult<T>>
-where
-    T: Send + 'static,
-    F: Fn(usize, ThreadCollective) -> T + Send + Sync + 'static,
-{
-    let world = collectives.len();
-    let body = Arc::new(body);
-    let (sender, receiver) = mpsc::channel();
-    for (rank, collective) in collectives.into_iter().enumerate() {
-        let body = Arc::clone(&body);
-        let sender = sender.clone();
-        std::thread::Builder::new()
-            .name(format!("rank {rank}"))
-            .spawn(move || {
-                let result =
-                    catch_unwind(AssertUnwindSafe(|| body(rank, collective))).map_err(|panic| {
-                        panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default()
-                    });
-                let _ = sender.send((rank, result));
-            })
-            .expect("spawn rank thread");
-    }
-    drop(sender);
-    let deadline = Instant::now() + limit;
-    let mut results: Vec<Option<RankResult<T>>> = (0..world).map(|_| None).collect();
-    for _ in 0..world {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match receiver.recv_timeout(left) {
-            Ok((rank, result)) => results[rank] = Some(result),
-            Err(_) => {
-                let missing: Vec<usize> = (0..world).filter(|&r| results[r].is_none()).collect();
-                panic!("ranks {missing:?} did not finish within {limit:?}: a hang");
-            }
-        }
-    }
-    results.into_iter().map(Option::unwrap).collect()
-}
-
-/// Unwraps every rank's result, naming the rank that panicked.
-pub fn all_ok<T>(results: Vec<RankResult<T>>) -> Vec<T> {
-    results
-        .into_iter()
-        .enumerate()
-        .map(|(rank, result)| {
-            result.unwrap_or_else(|panic| panic!("rank {rank} panicked: {panic}"))
-        })
         .collect()
 }
