@@ -7,9 +7,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-#[path = "../../runtime/tests/common/ranks.rs"]
-mod ranks;
-pub use ranks::{all_ok, run_ranks};
+#[path = "../../runtime/tests/common/shared.rs"]
+mod shared;
+pub use shared::{Rng, all_ok, run_ranks};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,50 +23,6 @@ use burn::tensor::backend::AutodiffBackend;
 use maskddp::{ParamLayout, ddp_model};
 
 pub type Ad = Autodiff<NdArray<f32>>;
-
-// ---------------------------------------------------------------------------
-// Seeded generator
-
-/// SplitMix64: tiny, seedable, no dependency.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n`.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Uniform in `[-1, 1)`.
-    pub fn signed(&mut self) -> f32 {
-        self.unit() * 2.0 - 1.0
-    }
-
-    pub fn chance(&mut self, p: f32) -> bool {
-        self.unit() < p
-    }
-
-    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The model, built with the real macro

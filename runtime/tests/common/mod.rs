@@ -4,9 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-mod ranks;
+mod shared;
 #[allow(unused_imports)] // each test binary uses a different part
-pub use ranks::{RankResult, all_ok, run_ranks};
+pub use shared::{RankResult, Rng, all_ok, run_ranks};
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -19,38 +19,6 @@ use maskddp_runtime::{DdpModel, PlanBuilder};
 
 pub type Ad = Autodiff<NdArray<f32>>;
 pub type Inner = NdArray<f32>;
-
-/// SplitMix64: tiny, seedable, good enough for test patterns.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n`.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    pub fn chance(&mut self, p: f32) -> bool {
-        self.unit() < p
-    }
-}
 
 /// Which conditional parts one forward uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
