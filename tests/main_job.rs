@@ -3,8 +3,6 @@
 //! artifacts), small. It must train, print the replica check with equal
 //! per-rank checksums, and turn bad flags into clear errors, not panics.
 
-mod common;
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::thread;
@@ -86,25 +84,7 @@ fn trains_and_reports_bit_identical_replicas() {
         "no replica check line:\n{out}"
     );
     assert!(out.contains("12 steps on 3 ranks"), "{out}");
-    // "  rank R: parameters checksum XXXXXXXXXXXXXXXX ok", once per rank.
-    let mut checksums = Vec::new();
-    for line in out.lines() {
-        let Some(rest) = line.trim().strip_prefix("rank ") else {
-            continue;
-        };
-        let Some((rank, rest)) = rest.split_once(": parameters checksum ") else {
-            continue;
-        };
-        let mut words = rest.split_whitespace();
-        let checksum = words.next().expect("a checksum");
-        assert_eq!(words.next(), Some("ok"), "{line}");
-        assert_eq!(checksum.len(), 16, "{line}");
-        u64::from_str_radix(checksum, 16).expect("a hexadecimal checksum");
-        checksums.push((
-            rank.parse::<usize>().expect("a rank number"),
-            checksum.to_owned(),
-        ));
-    }
+    let checksums = checksums(out);
     assert_eq!(
         checksums.iter().map(|(rank, _)| *rank).collect::<Vec<_>>(),
         vec![0, 1, 2],
@@ -124,6 +104,53 @@ fn trains_and_reports_bit_identical_replicas() {
         out.lines()
             .any(|l| l.starts_with("experts.0.fc1.weight") && l.contains("conditional")),
         "{out}"
+    );
+}
+
+/// The `(rank, checksum)` pairs of the replica check, from lines such as
+/// `  rank R: parameters checksum XXXXXXXXXXXXXXXX ok`.
+fn checksums(out: &str) -> Vec<(usize, String)> {
+    let mut checksums = Vec::new();
+    for line in out.lines() {
+        let Some(rest) = line.trim().strip_prefix("rank ") else {
+            continue;
+        };
+        let Some((rank, rest)) = rest.split_once(": parameters checksum ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let checksum = words.next().expect("a checksum");
+        assert_eq!(words.next(), Some("ok"), "{line}");
+        assert_eq!(checksum.len(), 16, "{line}");
+        u64::from_str_radix(checksum, 16).expect("a hexadecimal checksum");
+        checksums.push((
+            rank.parse::<usize>().expect("a rank number"),
+            checksum.to_owned(),
+        ));
+    }
+    checksums
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let args = ["--steps", "5", "--ranks", "3", "--hidden", "8"];
+    let first = main_job(&args);
+    let second = main_job(&args);
+    let other_seed = main_job(&[&args[..], &["--seed", "8"]].concat());
+    for run in [&first, &second, &other_seed] {
+        assert!(
+            run.success,
+            "stdout:\n{}\nstderr:\n{}",
+            run.stdout, run.stderr
+        );
+    }
+    let (first, second) = (checksums(&first.stdout), checksums(&second.stdout));
+    assert_eq!(first.len(), 3);
+    assert_eq!(first, second, "two runs with one seed ended differently");
+    assert_ne!(
+        first[0].1,
+        checksums(&other_seed.stdout)[0].1,
+        "another seed should train other parameters"
     );
 }
 

@@ -156,13 +156,14 @@ fn run(args: &Args) -> Result<bool, String> {
     let (progress_tx, progress_rx) = mpsc::channel::<Progress>();
     let handles: Vec<_> = ThreadGroup::new(ranks)
         .into_iter()
+        .zip(initial_models(args))
         .enumerate()
-        .map(|(rank, collective)| {
+        .map(|(rank, (collective, model))| {
             let args = args.clone();
             let progress = (rank == 0).then(|| progress_tx.clone());
             thread::Builder::new()
                 .name(format!("rank-{rank}"))
-                .spawn(move || train_rank(rank, collective, &args, progress))
+                .spawn(move || train_rank(rank, model, collective, &args, progress))
                 .map_err(|e| format!("cannot start rank {rank}: {e}"))
         })
         .collect::<Result<_, _>>()?;
@@ -196,23 +197,40 @@ fn run(args: &Args) -> Result<bool, String> {
     Ok(report(args, started.elapsed(), &results))
 }
 
+/// One model per rank, each with different random parameters (the reducer
+/// broadcasts rank 0's, so every replica starts identical).
+///
+/// Built here, one after the other, because burn's generator is global and
+/// its parameters are initialised lazily, on first read: ranks initialising
+/// on their own threads would draw from it in a racy order, and the same seed
+/// would not give the same run twice.
+fn initial_models(args: &Args) -> Vec<MoeNet<Train>> {
+    let device = Default::default();
+    <Train as Backend>::seed(&device, args.seed);
+    (0..args.ranks)
+        .map(|_| {
+            let model = MoeNet::<Train>::new(
+                INPUT,
+                args.hidden as usize,
+                OUTPUT,
+                args.experts as usize,
+                &device,
+            );
+            // Reading every value initialises the parameters now.
+            maskddp::parameter_checksum(&model);
+            model
+        })
+        .collect()
+}
+
 fn train_rank(
     rank: usize,
+    model: MoeNet<Train>,
     collective: maskddp::ThreadCollective,
     args: &Args,
     progress: Option<mpsc::Sender<Progress>>,
 ) -> Result<RankResult, String> {
     let device = Default::default();
-    // Each rank starts from different random parameters; the reducer
-    // broadcasts rank 0's so every replica starts identical.
-    <Train as Backend>::seed(&device, args.seed.wrapping_add(rank as u64));
-    let model = MoeNet::<Train>::new(
-        INPUT,
-        args.hidden as usize,
-        OUTPUT,
-        args.experts as usize,
-        &device,
-    );
     let (mut model, mut reducer) =
         Reducer::new(model, collective, reducer_config(args)).map_err(|e| e.to_string())?;
     let teachers = Teachers::new(args.seed, args.experts as usize, INPUT, OUTPUT);
