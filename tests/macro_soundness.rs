@@ -1,0 +1,479 @@
+//! Soundness of `#[ddp_model]`'s usage analysis on awkward code: for each
+//! construct, an instrumented forward runs under a usage scope with autodiff,
+//! and every parameter that gets a gradient must be always-used in the plan
+//! or recorded (recording more is fine; missing one is the runtime's
+//! "the plan missed a use" error).
+
+use std::collections::BTreeSet;
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{AutodiffModule, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use maskddp::{DdpModel, Usage, record_usage};
+
+type B = Autodiff<NdArray>;
+const W: usize = 3;
+const N: usize = 4;
+
+/// Builds any field type the cases use.
+pub trait Make {
+    fn make(device: &burn::tensor::Device<B>) -> Self;
+}
+
+impl Make for Linear<B> {
+    fn make(device: &burn::tensor::Device<B>) -> Self {
+        LinearConfig::new(W, W).init(device)
+    }
+}
+
+impl Make for Param<Tensor<B, 2>> {
+    fn make(device: &burn::tensor::Device<B>) -> Self {
+        Param::from_tensor(Tensor::ones([W, W], device))
+    }
+}
+
+impl<M: Make> Make for Option<M> {
+    fn make(device: &burn::tensor::Device<B>) -> Self {
+        Some(M::make(device))
+    }
+}
+
+impl<M: Make> Make for Vec<M> {
+    fn make(device: &burn::tensor::Device<B>) -> Self {
+        (0..N).map(|_| M::make(device)).collect()
+    }
+}
+
+fn input() -> Tensor<B, 2> {
+    Tensor::ones([2, W], &Default::default())
+}
+
+fn has_grad(grads: &GradientsParams, id: burn::module::ParamId, dims: usize) -> bool {
+    match dims {
+        1 => grads.get::<NdArray, 1>(id).is_some(),
+        2 => grads.get::<NdArray, 2>(id).is_some(),
+        d => panic!("{d}-dimensional parameter in a test model"),
+    }
+}
+
+/// Runs `forward` in a usage scope, backpropagates, and checks that every
+/// parameter with a gradient is always-used or recorded. Returns how many
+/// conditional parameters got a gradient (to show the case is not vacuous).
+fn check<M: DdpModel<B> + AutodiffModule<B>>(
+    model: &M,
+    what: &str,
+    forward: impl FnOnce() -> Tensor<B, 2>,
+) -> usize {
+    let (out, record) = record_usage(forward);
+    let grads = GradientsParams::from_grads(out.sum().backward(), model);
+    let plan = model.usage_plan();
+    assert!(plan.undescribed().is_empty(), "{what}\n{}", plan.table());
+    let recorded: BTreeSet<_> = record.ids().iter().copied().collect();
+    let mut missed = Vec::new();
+    let mut conditional_with_grad = 0;
+    for (slot, usage) in plan.layout().slots().iter().zip(plan.usage()) {
+        if !has_grad(&grads, slot.id, slot.shape.len()) || *usage == Usage::Always {
+            continue;
+        }
+        conditional_with_grad += 1;
+        if !recorded.contains(&slot.id) {
+            missed.push(slot.path.clone());
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "{what}: gradient but no recorded use: {missed:?}\n{}",
+        plan.table()
+    );
+    conditional_with_grad
+}
+
+/// One model per construct: `fields` are built with [`Make`], `forward` is
+/// `fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2>`,
+/// run for every `c` and every `i < N`; some run must give a conditional
+/// parameter a gradient.
+macro_rules! case {
+    ($test:ident, { $($field:ident : $ty:ty),* $(,)? }, { $($body:tt)* }) => {
+        mod $test {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[maskddp::ddp_model]
+            #[derive(Module, Debug)]
+            pub struct Net<B: Backend> {
+                $($field: $ty,)*
+            }
+
+            #[maskddp::ddp_model]
+            impl<B: Backend> Net<B> {
+                $($body)*
+            }
+
+            #[test]
+            fn $test() {
+                let device = Default::default();
+                let model: Net<super::B> = Net { $($field: Make::make(&device),)* };
+                let mut exercised = 0;
+                for c in [false, true] {
+                    for i in 0..N {
+                        let what = format!("{} (c = {c}, i = {i})", stringify!($test));
+                        exercised += check(&model, &what, || model.forward(input(), c, i));
+                    }
+                }
+                assert!(exercised > 0, "no conditional parameter got a gradient");
+            }
+        }
+    };
+}
+
+case!(alias_through_local, { trunk: Linear<B>, head: Linear<B> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        let y = self.trunk.forward(x);
+        if i > 0 {
+            let h = &self.head;
+            if c {
+                return h.forward(y);
+            }
+        }
+        y
+    }
+});
+
+case!(alias_in_match_binding, { trunk: Linear<B>, opt: Option<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        let y = self.trunk.forward(x);
+        if i > 1 {
+            match &self.opt {
+                Some(h) if c => h.forward(y),
+                _ => y,
+            }
+        } else {
+            y
+        }
+    }
+});
+
+case!(if_let_some_as_ref, { trunk: Linear<B>, opt: Option<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+        let y = self.trunk.forward(x);
+        if c && let Some(h) = self.opt.as_ref() {
+            return h.forward(y);
+        }
+        y
+    }
+});
+
+case!(closure_called_conditionally, { trunk: Linear<B>, head: Linear<B> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+        let head = |y: Tensor<B, 2>| self.head.forward(y);
+        let y = self.trunk.forward(x);
+        if c { head(y) } else { y }
+    }
+});
+
+case!(option_map_on_as_ref, { trunk: Linear<B>, opt: Option<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+        let y = self.trunk.forward(x);
+        if c {
+            self.opt.as_ref().map(|h| h.forward(y.clone())).unwrap_or(y)
+        } else {
+            y
+        }
+    }
+});
+
+case!(iter_zip_filter_map, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        let keep = [c, !c, true, false];
+        self.experts
+            .iter()
+            .zip(keep)
+            .enumerate()
+            .filter(|(k, (_, keep))| *keep && *k <= i)
+            .map(|(_, (e, _))| e.forward(x.clone()))
+            .fold(x.clone(), |a, b| a + b)
+    }
+});
+
+case!(iter_zip_slices, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        if c {
+            return x;
+        }
+        let ks = [0usize, 1, 2, 3];
+        let mut y = x;
+        for (e, k) in self.experts.iter().zip(ks.iter()) {
+            if *k == i {
+                y = e.forward(y);
+            }
+        }
+        y
+    }
+});
+
+case!(iter_skip, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, _c: bool, i: usize) -> Tensor<B, 2> {
+        self.experts.iter().skip(i).fold(x, |y, e| e.forward(y))
+    }
+});
+
+case!(iter_rev_take_one, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+        let k = usize::from(c);
+        self.experts.iter().rev().take(k).fold(x, |y, e| e.forward(y))
+    }
+});
+
+case!(iter_nth_and_last, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        let e = if c { self.experts.iter().nth(i) } else { self.experts.iter().last() };
+        e.unwrap().forward(x)
+    }
+});
+
+case!(iter_enumerate_find, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, _c: bool, i: usize) -> Tensor<B, 2> {
+        self.experts
+            .iter()
+            .enumerate()
+            .find(|(k, _)| *k == i)
+            .map(|(_, e)| e.forward(x.clone()))
+            .unwrap_or(x)
+    }
+});
+
+case!(first_and_last, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+        if c {
+            self.experts.first().unwrap().forward(x)
+        } else {
+            self.experts.last().unwrap().forward(x)
+        }
+    }
+});
+
+case!(split_at, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        if !c {
+            return x;
+        }
+        let (front, back) = self.experts.split_at(i);
+        match front.last() {
+            Some(e) => e.forward(x),
+            None => back[0].forward(x),
+        }
+    }
+});
+
+case!(chunks_nth, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        if c {
+            return x;
+        }
+        let chunk = self.experts.chunks(2).nth(i % 2).unwrap();
+        chunk[0].forward(x)
+    }
+});
+
+case!(get_single_index, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, _c: bool, i: usize) -> Tensor<B, 2> {
+        match self.experts.get(i) {
+            Some(e) => e.forward(x),
+            None => x,
+        }
+    }
+});
+
+case!(get_range_literal, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, _c: bool, i: usize) -> Tensor<B, 2> {
+        self.experts.get(i..N).unwrap().iter().fold(x, |y, e| e.forward(y))
+    }
+});
+
+case!(for_with_break, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        if i == 0 {
+            return x;
+        }
+        let mut y = x;
+        for (k, e) in self.experts.iter().enumerate() {
+            if k > i {
+                break;
+            }
+            y = e.forward(y);
+        }
+        for e in &self.experts {
+            if c {
+                break;
+            }
+            y = e.forward(y);
+        }
+        y
+    }
+});
+
+case!(helper_taking_element_ref, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        if c { self.apply(&self.experts[i], x) } else { x }
+    }
+
+    fn apply(&self, e: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        e.forward(x)
+    }
+});
+
+case!(self_method_called_from_closure, { trunk: Linear<B>, head: Linear<B> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+        let run = |y| self.head_of(y);
+        let y = self.trunk.forward(x);
+        if c { run(y) } else { y }
+    }
+
+    fn head_of(&self, y: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.head.forward(y)
+    }
+});
+
+case!(recursion_with_depth, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, _c: bool, i: usize) -> Tensor<B, 2> {
+        self.deep(x, i)
+    }
+
+    fn deep(&self, x: Tensor<B, 2>, depth: usize) -> Tensor<B, 2> {
+        if depth == 0 {
+            return x;
+        }
+        self.deep(self.experts[depth].forward(x), depth - 1)
+    }
+});
+
+case!(question_mark_in_helper, { trunk: Linear<B>, head: Linear<B> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+        let y = self.trunk.forward(x);
+        self.maybe(y.clone(), c).unwrap_or(y)
+    }
+
+    fn maybe(&self, y: Tensor<B, 2>, c: bool) -> Option<Tensor<B, 2>> {
+        c.then_some(())?;
+        Some(self.head.forward(y))
+    }
+});
+
+case!(let_else_early_return, { trunk: Linear<B>, head: Linear<B> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+        let y = self.trunk.forward(x);
+        let true = c else {
+            return y;
+        };
+        self.head.forward(y)
+    }
+});
+
+case!(field_in_let_else_else, { head: Linear<B>, experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        let Some(k) = c.then_some(i) else {
+            return self.head.forward(x);
+        };
+        self.experts[k].forward(x)
+    }
+});
+
+case!(labeled_breaks, { head: Linear<B>, experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        let y = 'block: {
+            if c {
+                break 'block x;
+            }
+            self.head.forward(x)
+        };
+        let mut y = y;
+        'outer: for (k, e) in self.experts.iter().enumerate() {
+            for _ in 0..2 {
+                if k == i {
+                    break 'outer;
+                }
+            }
+            y = e.forward(y);
+        }
+        y
+    }
+});
+
+case!(field_in_match_guard, { trunk: Linear<B>, gate: Linear<B>, head: Linear<B> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        let y = self.trunk.forward(x);
+        match i {
+            0 => y,
+            _ if c && self.gate.forward(y.clone()).sum().into_scalar().to_f64() > -1e9 => {
+                self.gate.forward(y)
+            }
+            1 => match c {
+                true if i == 1 => self.head.forward(y),
+                _ => y,
+            },
+            _ => y,
+        }
+    }
+});
+
+case!(clone_then_use, { trunk: Linear<B>, head: Linear<B> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+        let y = self.trunk.forward(x);
+        if c {
+            let h = self.head.clone();
+            h.forward(y)
+        } else {
+            y
+        }
+    }
+});
+
+case!(helper_returning_field_ref, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        if c { self.pick(i).forward(x) } else { x }
+    }
+
+    fn pick(&self, i: usize) -> &Linear<B> {
+        &self.experts[i]
+    }
+});
+
+case!(helper_returning_lazy_iterator, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, _c: bool, i: usize) -> Tensor<B, 2> {
+        self.active(i).fold(x, |y, e| e.forward(y))
+    }
+
+    fn active(&self, from: usize) -> impl Iterator<Item = &Linear<B>> + '_ {
+        self.experts.iter().skip(from)
+    }
+});
+
+case!(ufcs_and_reference_uses, { trunk: Linear<B>, head: Linear<B>, experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        let y = self.trunk.forward(x);
+        if !c {
+            return y;
+        }
+        let y = Linear::forward(&self.head, y);
+        let experts: &Vec<Linear<B>> = &self.experts;
+        <[Linear<B>]>::iter(experts).take(i).fold(y, |y, e| e.forward(y))
+    }
+});
+
+case!(param_field_conditional, { trunk: Linear<B>, scale: Param<Tensor<B, 2>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+        let y = self.trunk.forward(x);
+        if c { y.matmul(self.scale.val()) } else { y }
+    }
+});
+
+case!(immediately_called_closure_and_collect, { trunk: Linear<B>, experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        let y = self.trunk.forward(x);
+        let outs: Vec<_> = (0..i).map(|k| self.experts[k].forward(y.clone())).collect();
+        let y = outs.into_iter().fold(y, |a, b| a + b);
+        (|| if c { self.experts[0].forward(y.clone()) } else { y.clone() })()
+    }
+});
