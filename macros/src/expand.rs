@@ -10,7 +10,7 @@
 //! pub(crate) use __maskddp_model_Detector;
 //! ```
 //!
-//! and the impl's expansion calls it by path (`self::__maskddp_model_Detector!`),
+//! and the impl's expansion calls it by name (`__maskddp_model_Detector!`),
 //! so `ddp_model_impl` sees both items, with their spans, and does the work.
 
 use std::collections::BTreeSet;
@@ -163,8 +163,13 @@ fn forward_impl(args: TokenStream, item: &ItemImpl) -> TokenStream {
     }
 }
 
-/// `Detector<B>` → `self::__maskddp_model_Detector`; `m::Detector<B>` →
+/// `Detector<B>` → `__maskddp_model_Detector`; `m::Detector<B>` →
 /// `m::__maskddp_model_Detector`.
+///
+/// A bare name resolves both ways the callback can be reached: textually,
+/// after the struct (which also works inside a function body, where `self::`
+/// paths cannot see items), and through the `pub(crate) use` item, which
+/// works in a module even when the impl comes first.
 fn callback_path(self_ty: &Type) -> syn::Result<TokenStream> {
     let Type::Path(type_path) = self_ty else {
         return Err(syn::Error::new_spanned(
@@ -183,11 +188,7 @@ fn callback_path(self_ty: &Type) -> syn::Result<TokenStream> {
         last.ident = callback_name(&last.ident);
         last.arguments = syn::PathArguments::None;
     }
-    if path.leading_colon.is_none() && path.segments.len() == 1 {
-        Ok(quote!(self::#path))
-    } else {
-        Ok(path.into_token_stream())
-    }
+    Ok(path.into_token_stream())
 }
 
 /// What the callback passes to `ddp_model_impl`.
