@@ -94,6 +94,97 @@
 //! fail with a [`DdpError`] naming the step, the operation and the rank,
 //! within the [`ThreadGroupConfig`] timeout.
 
+/// Analyses a burn model's `forward` and instruments it for the [`Reducer`].
+///
+/// Put it on the model struct **and** on the impl block holding `forward`:
+///
+/// ```
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::prelude::*;
+/// use maskddp::{DdpModel, Usage, ddp_model};
+///
+/// #[ddp_model]
+/// #[derive(Module, Debug)]
+/// pub struct Detector<B: Backend> {
+///     cls_head: Linear<B>,
+///     mask_head: Linear<B>,
+///     #[ddp(frozen)]
+///     teacher: Linear<B>,
+/// }
+///
+/// #[ddp_model]
+/// impl<B: Backend> Detector<B> {
+///     pub fn forward(&self, x: Tensor<B, 2>, has_masks: bool) -> Tensor<B, 2> {
+///         let y = self.cls_head.forward(x.clone());
+///         if has_masks {
+///             y + self.mask_head.forward(x)
+///         } else {
+///             y
+///         }
+///     }
+/// }
+///
+/// let device = Default::default();
+/// let model = Detector::<burn::backend::NdArray> {
+///     cls_head: LinearConfig::new(2, 2).init(&device),
+///     mask_head: LinearConfig::new(2, 2).init(&device),
+///     teacher: LinearConfig::new(2, 2).init(&device),
+/// };
+/// let plan = model.usage_plan();
+/// assert_eq!(plan.usage()[0], Usage::Always); // cls_head.weight
+/// assert_eq!(plan.usage()[2], Usage::Conditional { branch: "if has_masks" });
+/// assert_eq!(plan.usage()[4], Usage::Frozen); // teacher.weight
+/// println!("{}", plan.table());
+/// ```
+///
+/// # What it finds
+///
+/// Every field that holds parameters (burn's own rule: its type mentions the
+/// backend `B`, `Param` or `Tensor`, and it is not `#[module(skip)]`) is
+/// classified from `forward` and the `&self` methods of the annotated impl
+/// block it calls (recursion included):
+///
+/// - **always**: used on every path. Reduced every step; costs nothing to
+///   record.
+/// - **conditional**: used only on some paths — inside `if`/`else`,
+///   `if let`, `match` arms and guards, loop bodies, closures, after an early
+///   `return` or `?`, in a `let … else` branch, or behind a dynamic index
+///   (`self.experts[i]`, `self.experts.get(i)`, `self.experts.iter().take(k)`:
+///   only the elements reached are recorded). Each evaluated use records the
+///   field's parameters into the usage scope of [`Reducer::forward`].
+/// - **never**: a compile error on the field, unless it is `#[ddp(frozen)]`.
+///
+/// A field whose type is itself a `#[ddp_model]` (directly, or in `Option`,
+/// `Vec` or an array) keeps its own split when used on every path; used
+/// conditionally, all its parameters are conditional.
+///
+/// # Attributes
+///
+/// - `#[ddp(frozen)]` on a field: not trained. It may run in `forward` (a
+///   distillation teacher built with `no_grad()`), is never recorded nor
+///   reduced, and a gradient on it is a run-time error naming it.
+/// - `#[ddp(uses(a, b))]` on a statement: the statement uses those fields; the
+///   analysis does not look inside it. For code it cannot see through.
+/// - `#[ddp_model(report)]` on the impl block: a compiler warning lists the
+///   conditional fields and their branches.
+///
+/// # Errors
+///
+/// Besides never-used fields, these are compile errors spanned on the
+/// offending expression, each saying what to write instead: `self` used as a
+/// whole (passed to a function, stored, returned, captured by an escaping
+/// closure), a call to a `self` method outside the annotated impl block
+/// (`self.clone()` included), and a macro call whose tokens mention a
+/// parameter field. Several mistakes are reported in one build.
+///
+/// # Limits
+///
+/// - burn 0.21's `#[derive(Module)]` does not support tuple structs; with a
+///   hand-written `Module` impl, `#[ddp_model]` handles `self.0`.
+/// - Inside a function body the impl block must come after the struct (in a
+///   module, either order works).
+/// - A field of a generic type `M` is recorded in full when used, even if `M`
+///   is a `#[ddp_model]`: the split of a generic child is not known.
 #[doc(inline)]
 pub use maskddp_macros::ddp_model;
 pub use maskddp_runtime::*;

@@ -14,7 +14,8 @@ mod snapshot;
 
 use proc_macro::TokenStream;
 
-/// See the `maskddp` crate.
+/// Analyses a burn model's `forward` and instruments it; documented, with
+/// examples, where `maskddp` re-exports it.
 #[proc_macro_attribute]
 pub fn ddp_model(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::ddp_model(args.into(), item.into()).into()
