@@ -14,8 +14,8 @@ mod snapshot;
 
 use proc_macro::TokenStream;
 
-/// Analyses a burn model's `forward` and instruments it; documented, with
-/// examples, where `maskddp` re-exports it.
+// Documented where `maskddp` re-exports it: rustdoc appends this item's own
+// docs to the re-export's, so it has none.
 #[proc_macro_attribute]
 pub fn ddp_model(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::ddp_model(args.into(), item.into()).into()
