@@ -79,6 +79,10 @@
 //!
 //! 1. [`Reducer::forward`] runs the forward inside this rank's usage scope;
 //!    the instrumented branches record the conditional parameters they touch.
+//!    The scope belongs to the calling thread (ranks may be threads of one
+//!    process), so a forward must run on the thread that calls
+//!    `reducer.forward`; a use recorded elsewhere is missed, and its gradient
+//!    is then reported as unplanned rather than silently reduced.
 //! 2. [`Reducer::reduce`] takes burn's `GradientsParams`. A parameter with a
 //!    gradient that was not recorded is an error naming its path; a recorded
 //!    parameter without a gradient contributes zeros.
