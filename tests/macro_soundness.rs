@@ -95,7 +95,7 @@ fn check<M: DdpModel<B> + AutodiffModule<B>>(
 /// run for every `c` and every `i < N`; some run must give a conditional
 /// parameter a gradient.
 macro_rules! case {
-    ($test:ident, { $($field:ident : $ty:ty),* $(,)? }, { $($body:tt)* }) => {
+    ($(#[$meta:meta])* $test:ident, { $($field:ident : $ty:ty),* $(,)? }, { $($body:tt)* }) => {
         mod $test {
             #[allow(unused_imports)]
             use super::*;
@@ -112,6 +112,7 @@ macro_rules! case {
             }
 
             #[test]
+            $(#[$meta])*
             fn $test() {
                 let device = Default::default();
                 let model: Net<super::B> = Net { $($field: Make::make(&device),)* };
@@ -289,6 +290,16 @@ case!(get_single_index, { experts: Vec<Linear<B>> }, {
 case!(get_range_literal, { experts: Vec<Linear<B>> }, {
     pub fn forward(&self, x: Tensor<B, 2>, _c: bool, i: usize) -> Tensor<B, 2> {
         self.experts.get(i..N).unwrap().iter().fold(x, |y, e| e.forward(y))
+    }
+});
+
+case!(slice_by_range_index, { experts: Vec<Linear<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        if c {
+            return x;
+        }
+        let y = self.experts[i..N].iter().fold(x, |y, e| e.forward(y));
+        (&self.experts[..=i / 2]).iter().fold(y, |y, e| e.forward(y))
     }
 });
 
@@ -477,3 +488,93 @@ case!(immediately_called_closure_and_collect, { trunk: Linear<B>, experts: Vec<L
         (|| if c { self.experts[0].forward(y.clone()) } else { y.clone() })()
     }
 });
+
+/// A nested `#[ddp_model]` with a conditional part of its own.
+pub mod child {
+    use super::*;
+
+    #[maskddp::ddp_model]
+    #[derive(Module, Debug)]
+    pub struct Child<B: Backend> {
+        pub stem: Linear<B>,
+        pub head: Linear<B>,
+    }
+
+    #[maskddp::ddp_model]
+    impl<B: Backend> Child<B> {
+        pub fn forward(&self, x: Tensor<B, 2>, c: bool) -> Tensor<B, 2> {
+            let y = self.stem.forward(x);
+            if c { self.head.forward(y) } else { y }
+        }
+    }
+
+    impl Make for Child<B> {
+        fn make(device: &burn::tensor::Device<B>) -> Self {
+            Child {
+                stem: Make::make(device),
+                head: Make::make(device),
+            }
+        }
+    }
+}
+use child::Child;
+
+case!(nested_child_forward, { trunk: Linear<B>, child: Child<B>, kids: Vec<Child<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        let y = self.child.forward(self.trunk.forward(x), c);
+        if i > 1 { self.kids[i].forward(y, !c) } else { y }
+    }
+});
+
+// The parent reaches into the child's field: the child's own instrumentation
+// never runs, so the parent must record the child's parameters itself.
+case!(nested_child_field_projection, { trunk: Linear<B>, child: Child<B> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+        let y = self.child.forward(self.trunk.forward(x), false);
+        if c { self.child.head.forward(y) } else { y }
+    }
+});
+
+case!(nested_children_element_projection, { trunk: Linear<B>, kids: Vec<Child<B>> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, i: usize) -> Tensor<B, 2> {
+        let y = self.trunk.forward(x);
+        if c { self.kids[i].head.forward(y) } else { y }
+    }
+});
+
+impl<B: Backend> Child<B> {
+    /// Not in the child's `#[ddp_model]` impl block: not instrumented.
+    pub fn plain_method(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.head.forward(x)
+    }
+}
+
+// Known holes (see the report of this test's commit): a nested model reached
+// through an alias, or through one of its methods outside its `#[ddp_model]`
+// impl block, records only its always-used part. The syntax the parent sees
+// does not tell a nested model from a plain module; a sound fix needs a
+// runtime hook that records a nested model's every parameter.
+case!(
+    #[ignore = "unsound: projection into a nested model through a local alias"]
+    nested_child_projection_through_alias,
+    { trunk: Linear<B>, child: Child<B> },
+    {
+        pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+            let y = self.child.forward(self.trunk.forward(x), false);
+            let child = &self.child;
+            if c { child.head.forward(y) } else { y }
+        }
+    }
+);
+
+case!(
+    #[ignore = "unsound: a nested model's method outside its #[ddp_model] impl block"]
+    nested_child_unannotated_method,
+    { trunk: Linear<B>, child: Child<B> },
+    {
+        pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+            let y = self.child.forward(self.trunk.forward(x), false);
+            if c { self.child.plain_method(y) } else { y }
+        }
+    }
+);

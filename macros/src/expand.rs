@@ -242,7 +242,14 @@ pub(crate) fn ddp_model_impl(input: TokenStream) -> TokenStream {
         .filter(|(_, u)| matches!(u, FieldUsage::Conditional(_)))
         .map(|(i, _)| i)
         .collect();
-    let instrumented = instrument::instrument_impl(&cx, &fields, &conditional, &imp);
+    let used: BTreeSet<usize> = usage
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, u)| !matches!(u, FieldUsage::Never))
+        .map(|(i, _)| i)
+        .collect();
+    let instrumented = instrument::instrument_impl(&cx, &fields, &conditional, &used, &imp);
     match (cx.check(), usage) {
         (Ok(()), Some(usage)) => {
             let trait_impl = ddp_model_trait_impl(&model, &imp, Some(&usage));

@@ -8,6 +8,12 @@
 //! so auto-ref, method calls and `&` keep working. Always-used fields are
 //! left alone: they cost nothing per step. Two element-wise forms record only
 //! the element used: `self.f.get(i)` and `self.f.iter()`.
+//!
+//! A projection into a parameter field, `self.child.head` or
+//! `self.kids[i].head`, bypasses the field's own instrumented methods (a
+//! nested `#[ddp_model]` records its conditional parameters only from them),
+//! so it records every parameter of `self.child` / `self.kids[i]`, whether the
+//! field is always or conditionally used.
 
 use std::collections::BTreeSet;
 
@@ -29,6 +35,7 @@ pub(crate) fn instrument_impl(
     cx: &Ctxt,
     fields: &FieldTable,
     conditional: &BTreeSet<usize>,
+    used: &BTreeSet<usize>,
     imp: &ItemImpl,
 ) -> ItemImpl {
     let mut imp = imp.clone();
@@ -42,6 +49,7 @@ pub(crate) fn instrument_impl(
                 cx,
                 fields,
                 conditional,
+                used,
                 enabled: takes_ref_self(f),
                 self_span,
             };
@@ -60,7 +68,7 @@ pub(crate) fn strip_impl(imp: &ItemImpl) -> ItemImpl {
         others: Default::default(),
         struct_name: String::new(),
     };
-    let out = instrument_impl(&cx, &fields, &BTreeSet::new(), imp);
+    let out = instrument_impl(&cx, &fields, &BTreeSet::new(), &BTreeSet::new(), imp);
     // Attribute errors are reported by the main pass.
     let _ = cx.check();
     out
@@ -70,6 +78,9 @@ struct Rewriter<'a> {
     cx: &'a Ctxt,
     fields: &'a FieldTable,
     conditional: &'a BTreeSet<usize>,
+    /// The fields `forward` uses (always or conditionally; not the frozen):
+    /// projections into them record the whole field.
+    used: &'a BTreeSet<usize>,
     /// False for methods without a `&self` receiver: nothing to record.
     enabled: bool,
     /// The span of the method's own `self`, so generated `self` resolves to it.
@@ -93,6 +104,33 @@ impl Rewriter<'_> {
         }
     }
 
+    /// `self.f` or `self.f[i]` (in parentheses or not) with `f` used: the
+    /// base of a projection that must record all of `f`'s parameters.
+    fn projection_root(&self, expr: &Expr) -> bool {
+        let field = match expr {
+            Expr::Paren(p) => return self.projection_root(&p.expr),
+            Expr::Index(index) => match &*index.expr {
+                Expr::Paren(p) => &*p.expr,
+                other => other,
+            },
+            other => other,
+        };
+        self.enabled
+            && matches!(field, Expr::Field(f) if is_self(&f.base)
+                && self.fields.param(&f.member).is_some_and(|f| self.used.contains(&f)))
+    }
+
+    /// Records every parameter of `place` (a module), nested model or not.
+    fn wrap_deep(&self, place: &Expr) -> Expr {
+        let tmp = syn::Ident::new("__maskddp_field", Span::mixed_site());
+        let backend = self.backend();
+        parse_quote!((*{
+            let #tmp = &#place;
+            ::maskddp::__private::record_module::<#backend, _>(#tmp);
+            #tmp
+        }))
+    }
+
     fn backend(&self) -> TokenStream {
         quote!(<Self as ::maskddp::__private::ModelBackend>::Backend)
     }
@@ -110,6 +148,20 @@ impl Rewriter<'_> {
         let tmp = syn::Ident::new("__maskddp_field", Span::mixed_site());
         let touch = self.touch(quote!(#tmp));
         parse_quote!((*{ let #tmp = &#place; #touch #tmp }))
+    }
+
+    /// `self.experts[a..b]`: a slice, each of its elements recorded.
+    fn wrap_slice(&self, place: &Expr) -> Expr {
+        let tmp = syn::Ident::new("__maskddp_field", Span::mixed_site());
+        let elem = syn::Ident::new("__maskddp_elem", Span::mixed_site());
+        let touch = self.touch(quote!(#elem));
+        parse_quote!((*{
+            let #tmp = &#place;
+            for #elem in #tmp.iter() {
+                #touch
+            }
+            #tmp
+        }))
     }
 
     /// `self.experts.get(i)`: record element `i` only, when it exists.
@@ -201,9 +253,24 @@ impl VisitMut for Rewriter<'_> {
             Expr::Field(_) if self.conditional_place(expr) => {
                 *expr = self.wrap(expr);
             }
+            // `self.child.head`: the child's own instrumentation never runs.
+            Expr::Field(projection) if self.projection_root(&projection.base) => {
+                let mut root = &mut *projection.base;
+                while let Expr::Paren(p) = root {
+                    root = &mut *p.expr;
+                }
+                if let Expr::Index(index) = root {
+                    self.visit_expr_mut(&mut index.index);
+                }
+                *projection.base = self.wrap_deep(&projection.base);
+            }
             Expr::Index(index) if self.conditional_place(&index.expr) => {
                 self.visit_expr_mut(&mut index.index);
-                *expr = self.wrap(expr);
+                *expr = if matches!(&*index.index, Expr::Range(_)) {
+                    self.wrap_slice(expr)
+                } else {
+                    self.wrap(expr)
+                };
             }
             Expr::MethodCall(call) if self.conditional_place(&call.receiver) => {
                 for arg in &mut call.args {

@@ -263,6 +263,27 @@ impl Walker<'_> {
                     }
                 }
             }
+            // A `macro_rules!` defined in the body can use `self` where it
+            // expands; the analysis cannot follow it there.
+            Stmt::Item(syn::Item::Macro(item))
+                if self.param_use_in_tokens(item.mac.tokens.clone()) =>
+            {
+                let name = item
+                    .ident
+                    .as_ref()
+                    .map_or_else(|| "this macro".to_owned(), |i| format!("`{i}!`"));
+                self.error(
+                    item,
+                    format!(
+                        "`#[ddp_model]` cannot follow {name} to where it expands, and its body \
+                         mentions `self`\n\
+                         help: write a `&self` method in this impl block instead, or compute the \
+                         values outside the macro and pass them in"
+                    ),
+                );
+                // Keeps "never used" errors from piling on this one.
+                (0..self.fields.params.len()).for_each(|f| self.use_whole(f));
+            }
             Stmt::Item(_) => {}
             Stmt::Expr(expr, _) => self.expr(expr),
             Stmt::Macro(mac) => self.mac(&mac.mac),

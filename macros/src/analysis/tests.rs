@@ -348,3 +348,25 @@ fn missing_forward_is_reported() {
     assert_eq!(errors.len(), 1);
     assert!(errors[0].contains("no `forward` method"));
 }
+
+#[test]
+fn macro_rules_in_a_body_using_self_is_an_error() {
+    let (_, errors) = run(parse_quote! {
+        impl<B: Backend> Net<B> {
+            fn forward(&self, x: T, flag: bool) -> T {
+                macro_rules! head { ($x:expr) => { self.b.forward($x) } }
+                // Only parameter-free fields: fine.
+                macro_rules! width { () => { self.width } }
+                let _ = width!();
+                let y = self.a.forward(x);
+                let y = self.c.forward(y);
+                self.experts[0].forward(if flag { head!(y) } else { y })
+            }
+        }
+    });
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("`#[ddp_model]` cannot follow `head!` to where it expands"),
+        "{errors:#?}"
+    );
+}
