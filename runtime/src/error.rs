@@ -25,9 +25,10 @@ pub enum DdpError {
     /// a use of it.
     #[error(
         "step {step}: parameter `{path}` has a gradient, but no use of it was recorded in \
-         this step's forward; run the forward inside `reducer.forward(|| …)`, and if you do, \
-         the usage plan missed a use of `{path}` (a path through `forward` the analysis did \
-         not see) — nothing was reduced"
+         this step's forward; run the forward inside `reducer.forward(|| …)` on this rank's \
+         thread, and if you do, the usage plan missed a use of `{path}` (a path through \
+         `forward` the analysis did not see): state it with `#[ddp(uses(field))]` on the \
+         statement that uses it — nothing was reduced"
     )]
     UnplannedGradient {
         /// The step.
