@@ -40,34 +40,50 @@ impl<B: Backend> Detector<B> {
         has_masks: bool,
         expert: usize,
     ) -> Tensor<B, 2> {
-        let h = self.act.forward(self.backbone.forward(x));
-        let mut out = self.cls_head.forward(h.clone());
+        let h = self
+            .act
+            .forward(
+                (*{
+                    use ::maskddp::__private::{TouchNested as _, TouchPlain as _};
+                    (&&::maskddp::__private::Field::<
+                        <Self as ::maskddp::__private::ModelBackend>::Backend,
+                        _,
+                    >::new(&self.backbone))
+                        .__maskddp_touch_call_always("forward")
+                })
+                    .forward(x),
+            );
+        let mut out = (*{
+            use ::maskddp::__private::{TouchNested as _, TouchPlain as _};
+            (&&::maskddp::__private::Field::<
+                <Self as ::maskddp::__private::ModelBackend>::Backend,
+                _,
+            >::new(&self.cls_head))
+                .__maskddp_touch_call_always("forward")
+        })
+            .forward(h.clone());
         if has_masks {
             out = out + self.masks(h.clone());
         }
         out
             + (*{
-                let __maskddp_field = &self.experts[expert];
                 use ::maskddp::__private::{TouchNested as _, TouchPlain as _};
                 (&&::maskddp::__private::Field::<
                     <Self as ::maskddp::__private::ModelBackend>::Backend,
                     _,
-                >::new(__maskddp_field))
-                    .__maskddp_touch();
-                __maskddp_field
+                >::new(&self.experts[expert]))
+                    .__maskddp_touch_call("forward")
             })
                 .forward(h)
     }
     fn masks(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
         (*{
-            let __maskddp_field = &self.mask_head;
             use ::maskddp::__private::{TouchNested as _, TouchPlain as _};
             (&&::maskddp::__private::Field::<
                 <Self as ::maskddp::__private::ModelBackend>::Backend,
                 _,
-            >::new(__maskddp_field))
-                .__maskddp_touch();
-            __maskddp_field
+            >::new(&self.mask_head))
+                .__maskddp_touch_call("forward")
         })
             .forward(h)
     }
@@ -94,5 +110,8 @@ where
             .__maskddp_record_always();
         (&&::maskddp::__private::Field::<B, _>::new(&self.cls_head))
             .__maskddp_record_always();
+    }
+    fn instruments(method: &str) -> bool {
+        ::core::matches!(method, "forward" | "masks")
     }
 }

@@ -344,6 +344,22 @@ fn ddp_model_trait_impl(
         (!plan.is_empty()).then(|| quote!(use #private::{PlanNested as _, PlanPlain as _};));
     let record_imports =
         (!record.is_empty()).then(|| quote!(use #private::{RecordNested as _, RecordPlain as _};));
+    // The methods `instrument` rewrites: calls of them record on their own.
+    let instrumented: Vec<String> = analysis::methods(imp).into_keys().collect();
+    // (`forward` is always one; the analysis reported its absence.)
+    let instruments = if instrumented.is_empty() {
+        quote!(
+            fn instruments(_: &str) -> bool {
+                false
+            }
+        )
+    } else {
+        quote!(
+            fn instruments(method: &str) -> bool {
+                ::core::matches!(method, #(#instrumented)|*)
+            }
+        )
+    };
     quote! {
         #[automatically_derived]
         impl #impl_generics #private::DdpModel<#backend> for #self_ty #where_clause {
@@ -355,6 +371,7 @@ fn ddp_model_trait_impl(
                 #record_imports
                 #(#record)*
             }
+            #instruments
         }
     }
 }

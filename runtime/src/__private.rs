@@ -48,32 +48,98 @@ pub fn record_module<B: Backend, M: Module<B>>(module: &M) {
     }
 }
 
-/// Recording a use of a nested `#[ddp_model]`: its own instrumented methods
-/// record its conditional parameters, so only its always-used ones are added.
-pub trait TouchNested {
+/// Recording one evaluated use of a parameter field (or of an element of
+/// one), chosen at compile time: the generated code calls the method for the
+/// kind of use and for the field's classification, and gets the field back.
+///
+/// - A *call* is `self.f.method(..)` or `self.f[i].method(..)`: the field is
+///   the receiver of a method call named `method`.
+/// - Any other use (`&self.f`, an argument, a projection `self.f.g`, an
+///   element yielded by `iter()` or `get(i)`) is a plain *touch*.
+///
+/// The `_always` variants are for fields `forward` uses on every path.
+///
+/// For a nested `#[ddp_model]`, only a call of one of its instrumented
+/// methods ([`DdpModel::instruments`]) lets it record its own conditional
+/// parameters; every other use records all of them.
+pub trait TouchNested<'a, M> {
     #[allow(missing_docs)]
-    fn __maskddp_touch(self);
+    fn __maskddp_touch_call(self, method: &str) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch_call_always(self, method: &str) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch(self) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch_always(self) -> &'a M;
 }
 
-impl<B: Backend, M: DdpModel<B>> TouchNested for &&Field<'_, B, M> {
+impl<'a, B: Backend, M: DdpModel<B>> TouchNested<'a, M> for &&Field<'a, B, M> {
     #[inline]
-    fn __maskddp_touch(self) {
-        if is_recording() {
+    fn __maskddp_touch_call(self, method: &str) -> &'a M {
+        if !M::instruments(method) {
+            record_module::<B, M>(self.0);
+        } else if is_recording() {
             self.0.record_always_used();
         }
+        self.0
+    }
+
+    #[inline]
+    fn __maskddp_touch_call_always(self, method: &str) -> &'a M {
+        // Its always-used parameters are always used by the parent too.
+        if !M::instruments(method) {
+            record_module::<B, M>(self.0);
+        }
+        self.0
+    }
+
+    #[inline]
+    fn __maskddp_touch(self) -> &'a M {
+        record_module::<B, M>(self.0);
+        self.0
+    }
+
+    #[inline]
+    fn __maskddp_touch_always(self) -> &'a M {
+        record_module::<B, M>(self.0);
+        self.0
     }
 }
 
-/// Recording a use of a plain burn module: all of its parameters.
-pub trait TouchPlain {
+/// See [`TouchNested`]: a plain burn module records all its parameters when
+/// used conditionally, nothing when used on every path.
+pub trait TouchPlain<'a, M> {
     #[allow(missing_docs)]
-    fn __maskddp_touch(self);
+    fn __maskddp_touch_call(self, method: &str) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch_call_always(self, method: &str) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch(self) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch_always(self) -> &'a M;
 }
 
-impl<B: Backend, M: Module<B>> TouchPlain for &Field<'_, B, M> {
+impl<'a, B: Backend, M: Module<B>> TouchPlain<'a, M> for &Field<'a, B, M> {
     #[inline]
-    fn __maskddp_touch(self) {
+    fn __maskddp_touch_call(self, _method: &str) -> &'a M {
         record_module::<B, M>(self.0);
+        self.0
+    }
+
+    #[inline(always)]
+    fn __maskddp_touch_call_always(self, _method: &str) -> &'a M {
+        self.0
+    }
+
+    #[inline]
+    fn __maskddp_touch(self) -> &'a M {
+        record_module::<B, M>(self.0);
+        self.0
+    }
+
+    #[inline(always)]
+    fn __maskddp_touch_always(self) -> &'a M {
+        self.0
     }
 }
 

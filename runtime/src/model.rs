@@ -24,6 +24,19 @@ pub trait DdpModel<B: Backend>: Module<B> {
     /// this; the model's own instrumented methods record the conditional rest.
     fn record_always_used(&self);
 
+    /// Whether `method` is one of this model's instrumented methods (a
+    /// `&self` method of its `#[ddp_model]` impl block), which record the
+    /// conditional parameters they use. A parent calling any other method, or
+    /// reaching the model any other way, records all of its parameters.
+    ///
+    /// The default, `false`, is right for hand-written implementations and
+    /// for containers: a method called on an `Option<M>` or `Vec<M>` is never
+    /// one of `M`'s.
+    fn instruments(method: &str) -> bool {
+        let _ = method;
+        false
+    }
+
     /// The per-slot usage plan of this model instance (slots in `Module::visit`
     /// order, with paths and shapes).
     fn usage_plan(&self) -> UsagePlan {
