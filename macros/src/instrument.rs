@@ -20,6 +20,13 @@
 //!   own instrumentation may never run); a plain module all its parameters
 //!   if `f` is conditional.
 //!
+//! A binding of `match &self.f { Some(b) => …, None => … }` or
+//! `if let Some(b) = &self.f { … }` (patterns of `_`, `None`, a name and
+//! `Some(..)` only) whose every use in its arm is the receiver of a method
+//! call aliases the field exactly: the scrutinee records nothing and each
+//! `b.m(..)` records as a call. Any other use of a binding (an argument, a
+//! projection, a rebinding, a macro) makes the scrutinee an other use.
+//!
 //! Plain modules used on every path record nothing (an inlined empty call).
 //! Three element-wise forms record only the elements used: `self.f.get(i)`,
 //! `self.f[a..b]` and, for conditional fields, `self.f.iter()` (an always
@@ -41,7 +48,8 @@ use crate::ctxt::Ctxt;
 const NON_USE: &[&str] = &["len", "is_empty", "is_some", "is_none", "num_params"];
 
 /// The impl block with `#[ddp(...)]` statement attributes stripped and, for
-/// methods taking `&self`, uses of the `conditional` fields instrumented.
+/// methods taking `&self`, uses of the `used` fields (always or
+/// `conditional`) instrumented.
 pub(crate) fn instrument_impl(
     cx: &Ctxt,
     fields: &FieldTable,
