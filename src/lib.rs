@@ -160,7 +160,12 @@
 ///
 /// A field whose type is itself a `#[ddp_model]` (directly, or in `Option`,
 /// `Vec` or an array) keeps its own split when used on every path; used
-/// conditionally, all its parameters are conditional.
+/// conditionally, all its parameters are conditional in the plan. At run time
+/// a child called through a method of its own `#[ddp_model]` impl block —
+/// directly (`self.child.forward(x)`) or through a `match`/`if let` binding —
+/// records only what it used; any other use (`&self.child` passed on, a
+/// method outside its annotated impl block, `self.child.head`) records all
+/// of its parameters, which is always safe.
 ///
 /// # Attributes
 ///
