@@ -144,9 +144,10 @@ impl ReducerConfig {
 /// Bucket layouts kept per rank; MoE routing produces few distinct masks.
 const BUCKET_CACHE_CAPACITY: usize = 64;
 
-/// One rank's gradient reducer for a `#[ddp_model]`.
+/// One rank's gradient reducer for a `#[ddp_model]`. The `maskddp` crate's
+/// documentation has a complete, tested two-rank example; in short:
 ///
-/// ```ignore
+/// ```text
 /// let (model, mut reducer) = Reducer::new(model, collective, ReducerConfig::default())?;
 /// for step in 0..steps {
 ///     let output = reducer.forward(|| model.forward(x.clone()));
