@@ -362,3 +362,56 @@ fn invalid_broadcast_root_is_reported() {
         .unwrap_err();
     assert!(err.to_string().contains("root 3"), "{err}");
 }
+
+#[test]
+fn an_unrepresentably_long_timeout_waits_without_a_deadline() {
+    // `Duration::MAX` cannot be added to an instant: it means "no deadline".
+    // A late rank (so that the others really wait) still completes normally.
+    let results = all_ok(run_ranks(
+        short_timeout(4, Duration::MAX),
+        LIMIT,
+        |rank, mut collective| {
+            if rank == 3 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let mut data = vec![rank as f32 + 1.0; 5];
+            collective
+                .all_reduce_sum(Tag::new(1, Op::Bucket(0)), WireBuf::F32(&mut data))
+                .unwrap_or_else(|err| panic!("rank {rank}: {err}"));
+            collective
+                .barrier(Tag::new(1, Op::Barrier))
+                .unwrap_or_else(|err| panic!("rank {rank}: {err}"));
+            data
+        },
+    ));
+    for data in results {
+        assert_eq!(data, vec![10.0; 5]);
+    }
+}
+
+#[test]
+fn a_dropped_rank_fails_its_peers_even_without_a_deadline() {
+    let results = run_ranks(
+        short_timeout(3, Duration::MAX),
+        LIMIT,
+        |rank, mut collective| {
+            if rank == 2 {
+                std::thread::sleep(Duration::from_millis(50));
+                panic!("rank 2 fails on purpose");
+            }
+            collective.barrier(Tag::new(3, Op::Barrier))
+        },
+    );
+    for (rank, result) in results.into_iter().enumerate() {
+        match result {
+            Err(panic) => assert_eq!(rank, 2, "{panic}"),
+            Ok(result) => {
+                let message = result.unwrap_err().to_string();
+                assert!(
+                    message.contains("rank 2 left the group (its thread panicked)"),
+                    "{message}"
+                );
+            }
+        }
+    }
+}

@@ -32,7 +32,9 @@ use super::{CallView, Collective, CollectiveError, Tag, WireBuf};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThreadGroupConfig {
     /// How long a rank waits for the others at each rendezvous before it
-    /// reports the missing ranks (default 60 s).
+    /// reports the missing ranks (default 60 s). A timeout too long to add to
+    /// the current instant (such as [`Duration::MAX`]) means waiting forever;
+    /// a departed rank is still reported at once.
     pub timeout: Duration,
 }
 
@@ -247,10 +249,11 @@ impl ThreadCollective {
 
         let generation = state.generation;
         let start = Instant::now();
-        let deadline = start + shared.timeout;
+        // A timeout too long to represent as an instant means no deadline.
+        let deadline = start.checked_add(shared.timeout);
         loop {
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|deadline| now >= deadline) {
                 let missing = (0..shared.world)
                     .filter(|&rank| state.arrived[rank].is_none())
                     .collect();
@@ -262,11 +265,19 @@ impl ThreadCollective {
                 };
                 return Err(self.fail(&mut state, err));
             }
-            state = shared
-                .wake
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state = match deadline {
+                Some(deadline) => {
+                    shared
+                        .wake
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => shared
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
             // Release comes first: a rank that completed the rendezvous and then
             // left must not fail the ranks it already released.
             if state.generation != generation {
