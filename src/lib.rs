@@ -5,9 +5,10 @@
 //! parameters are used only inside branches, rejects parameters that can never
 //! be used, and instruments the branches so each step records which
 //! parameters it touched. The [`Reducer`] then exchanges one small vector of
-//! usage counts per step and all-reduces, in buckets, exactly the gradients
-//! some rank produced: no autograd graph is walked, no zero is sent for a
-//! parameter nobody used, and no rank hangs on a parameter another skipped.
+//! per-parameter gradient counts per step and all-reduces, in buckets, exactly
+//! the gradients some rank's backward produced: no autograd graph is walked,
+//! no zero is sent for a parameter nobody used, and no rank hangs on a
+//! parameter another skipped.
 //!
 //! # Example
 //!
@@ -84,15 +85,19 @@
 //!    `reducer.forward`; a use recorded elsewhere is missed, and its gradient
 //!    is then reported as unplanned rather than silently reduced.
 //! 2. [`Reducer::reduce`] takes burn's `GradientsParams`. A parameter with a
-//!    gradient that was not recorded is an error naming its path; a recorded
-//!    parameter without a gradient contributes zeros.
-//! 3. One all-reduce of `u32` counts over the conditional parameters gives the
-//!    global usage (skipped when the model has none).
-//! 4. The globally used gradients are packed into deterministic buckets
-//!    (cap [`ReducerConfig::bucket_cap_bytes`]), summed, and scaled by
-//!    [`Averaging`].
-//! 5. The result holds exactly the globally used parameters: the optimizer
-//!    leaves the others, and their moment estimates, alone.
+//!    gradient that was not recorded is an error naming its path. The plan
+//!    and the records decide only what may travel; the result follows the
+//!    real gradients.
+//! 3. Per-slot gradient counts travel with the usage exchange: one all-reduce
+//!    of a `u32` per trainable parameter, the number of ranks that have a
+//!    gradient for it (none in a world of one).
+//! 4. The parameters with a count above zero are packed into deterministic
+//!    buckets (cap [`ReducerConfig::bucket_cap_bytes`]), summed, and scaled by
+//!    [`Averaging`]; a rank without the gradient contributes zeros.
+//! 5. The result holds exactly the parameters some rank's backward produced
+//!    a gradient for. One planned always or recorded but cut off from the
+//!    loss on every rank gets no gradient, not zeros: the optimizer leaves it,
+//!    and its moment estimates, alone.
 //!
 //! A rank that panics, returns early or stops arriving makes every other rank
 //! fail with a [`DdpError`] naming the step, the operation and the rank,

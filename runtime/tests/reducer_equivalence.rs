@@ -1,6 +1,7 @@
 //! The reduced gradients equal a single-process reference for random usage
 //! patterns, world sizes, bucket caps, averaging modes and wire formats, and
-//! exactly the parameters some rank used receive a gradient.
+//! exactly the parameters for which some rank's backward produced a gradient
+//! receive one: the plan and the records decide only what may travel.
 
 mod common;
 
@@ -113,8 +114,19 @@ fn check_case(case: &Case, outcomes: &[RankOutcome], tolerance: f32) {
             used
         })
         .collect();
+    for (rank, (outcome, used)) in outcomes.iter().zip(&used).enumerate() {
+        for (slot, (local, used)) in outcome.local.iter().zip(used).enumerate() {
+            // The reducer must never see a gradient outside the local usage.
+            assert!(
+                *used || local.is_none(),
+                "seed {}: rank {rank} slot {slot}: a gradient outside the usage",
+                case.seed
+            );
+        }
+    }
     for slot in 0..slots {
-        let contributors = used.iter().filter(|u| u[slot]).count();
+        // The ranks whose backward really produced a gradient.
+        let contributors = outcomes.iter().filter(|o| o.local[slot].is_some()).count();
         let context = format!(
             "seed {} world {} {:?} slot {slot}",
             case.seed, case.world, case.config
@@ -123,12 +135,7 @@ fn check_case(case: &Case, outcomes: &[RankOutcome], tolerance: f32) {
             assert_eq!(
                 outcome.reduced[slot].is_some(),
                 contributors > 0,
-                "{context}: rank {rank} gradient presence differs from the union of usage"
-            );
-            // The reducer must never see a gradient outside the local usage.
-            assert!(
-                used[rank][slot] || outcome.local[slot].is_none(),
-                "{context}"
+                "{context}: rank {rank} gradient presence differs from the union of real gradients"
             );
         }
         if contributors == 0 {
@@ -252,7 +259,8 @@ fn statistics_count_skipped_parameters_and_bytes() {
     assert_eq!(stats.params_reduced, 6);
     assert_eq!(stats.params_skipped, 2 * (EXPERTS - 1));
     assert_eq!(stats.elements_skipped, trainable - reduced);
-    assert_eq!(stats.usage_bytes, 4 * (2 * EXPERTS + 2) as u64);
+    // One count per trainable slot: router, experts and head, not frozen.
+    assert_eq!(stats.usage_bytes, 4 * (2 + 2 * EXPERTS + 2) as u64);
     assert_eq!(stats.bytes_sent, 4 * reduced as u64 + stats.usage_bytes);
     assert_eq!(stats.dense_bytes, 4 * trainable as u64);
     assert_eq!(stats.buckets, 1);
@@ -358,4 +366,255 @@ fn a_boxed_collective_drives_a_reducer() {
     }));
     // Router (2) + experts 0 and 1 (2 each).
     assert_eq!(results, vec![6, 6]);
+}
+
+// ---------------------------------------------------------------------------
+// The result follows the real gradients, not the plan or the records
+
+/// What one rank does with one parameter in a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    /// Uses it on the way to the loss: a real gradient.
+    Grad,
+    /// Uses it (planned always, or recorded) but its output never reaches
+    /// the loss: no gradient.
+    UsedNoGrad,
+    /// Leaves it alone.
+    Unused,
+}
+
+const ALWAYS: usize = 3;
+const CONDITIONAL: usize = 5;
+/// Columns of each parameter (rows are `D_IN`): uneven slot sizes.
+const COLUMNS: [usize; ALWAYS + CONDITIONAL] = [3, 1, 5, 2, 7, 4, 1, 6];
+
+/// Single-tensor parameters, the first `ALWAYS` planned always, the rest
+/// conditional; which of them reach the loss is chosen per rank and step.
+#[derive(burn::module::Module, Debug)]
+struct Pattern<B: burn::tensor::backend::Backend> {
+    always: Vec<burn::module::Param<burn::tensor::Tensor<B, 2>>>,
+    conditional: Vec<burn::module::Param<burn::tensor::Tensor<B, 2>>>,
+}
+
+impl<B: burn::tensor::backend::Backend> Pattern<B> {
+    fn new(device: &B::Device) -> Self {
+        let mut rng = Rng::new(99);
+        let mut param = |columns: usize| {
+            let values: Vec<f32> = (0..D_IN * columns).map(|_| rng.signed()).collect();
+            burn::module::Param::from_tensor(burn::tensor::Tensor::from_data(
+                burn::tensor::TensorData::new(values, [D_IN, columns]),
+                device,
+            ))
+        };
+        Self {
+            always: COLUMNS[..ALWAYS].iter().map(|&c| param(c)).collect(),
+            conditional: COLUMNS[ALWAYS..].iter().map(|&c| param(c)).collect(),
+        }
+    }
+
+    /// `acts[i]` for parameter `i` (always ones first). What `#[ddp_model]`
+    /// would generate: a conditional parameter is recorded where it is used,
+    /// whether or not its output reaches the loss.
+    fn forward(&self, x: burn::tensor::Tensor<B, 2>, acts: &[Act]) -> burn::tensor::Tensor<B, 1> {
+        // A leaf that is not a parameter, so the loss has a graph even when
+        // no parameter reaches it.
+        let mut loss = burn::tensor::Tensor::<B, 1>::zeros([1], &x.device()).require_grad();
+        let params = self.always.iter().chain(&self.conditional);
+        for (index, (param, act)) in params.zip(acts).enumerate() {
+            if *act == Act::Unused {
+                continue;
+            }
+            if index >= ALWAYS {
+                maskddp_runtime::__private::record_module::<B, _>(param);
+            }
+            let term = x.clone().matmul(param.val()).tanh().powf_scalar(2.0).mean();
+            if *act == Act::Grad {
+                loss = loss + term;
+            }
+        }
+        loss
+    }
+}
+
+impl<B: burn::tensor::backend::Backend> maskddp_runtime::DdpModel<B> for Pattern<B> {
+    fn build_plan(&self, plan: &mut maskddp_runtime::PlanBuilder) {
+        plan.always::<B, _>(&self.always);
+        plan.conditional::<B, _>(&self.conditional, "if acts[i] != Unused");
+    }
+
+    fn record_always_used(&self) {}
+}
+
+struct PatternOutcome {
+    local: Vec<Option<Vec<f32>>>,
+    reduced: Vec<Option<Vec<f32>>>,
+    stats: StepStats,
+}
+
+fn run_pattern(
+    world: usize,
+    config: ReducerConfig,
+    acts: Vec<Vec<Act>>,
+    seed: u64,
+) -> Vec<PatternOutcome> {
+    all_ok(run_ranks(
+        ThreadGroup::new(world),
+        LIMIT,
+        move |rank, collective| {
+            let device = Default::default();
+            let (model, mut reducer) =
+                Reducer::new(Pattern::<Ad>::new(&device), collective, config).unwrap();
+            let x = input::<Ad>(seed * 100 + rank as u64, 3, &device);
+            let loss = reducer.forward(|| model.forward(x, &acts[rank]));
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let local = grads_by_slot::<Ad, _>(&model, &grads);
+            let grads = reducer.reduce(grads).unwrap();
+            PatternOutcome {
+                local,
+                reduced: grads_by_slot::<Ad, _>(&model, &grads),
+                stats: *reducer.last_stats(),
+            }
+        },
+    ))
+}
+
+#[test]
+fn the_result_follows_the_real_gradients_for_every_pattern() {
+    const SLOTS: usize = ALWAYS + CONDITIONAL;
+    let mut rng = Rng::new(2024);
+    let mut seen = [[false; 3]; 2]; // [always, conditional][act]
+    let mut silent_slots = 0;
+    for seed in 0..80 {
+        let world = 1 + rng.below(6);
+        let cap = rng.pick(&[4, 24, 60, 100, 300, 1 << 20]);
+        let averaging = rng.pick(&[Averaging::WorldSize, Averaging::Contributors]);
+        let grad_chance = rng.pick(&[0.1, 0.35, 0.7]);
+        let acts: Vec<Vec<Act>> = (0..world)
+            .map(|_| {
+                (0..SLOTS)
+                    .map(|_| {
+                        if rng.chance(grad_chance) {
+                            Act::Grad
+                        } else if rng.chance(0.5) {
+                            Act::UsedNoGrad
+                        } else {
+                            Act::Unused
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let config = ReducerConfig::default()
+            .with_bucket_cap_bytes(cap)
+            .with_averaging(averaging);
+        let outcomes = run_pattern(world, config, acts.clone(), seed);
+        let context = format!("seed {seed} world {world} cap {cap} {averaging:?} {acts:?}");
+
+        let mut reduced_elements = 0;
+        let mut reduced_params = 0;
+        for slot in 0..SLOTS {
+            for (rank, act) in acts.iter().map(|a| a[slot]).enumerate() {
+                seen[usize::from(slot >= ALWAYS)][act as usize] = true;
+                // The pattern really is what the backward produced.
+                assert_eq!(
+                    outcomes[rank].local[slot].is_some(),
+                    act == Act::Grad,
+                    "{context}: slot {slot} rank {rank}: local gradient presence"
+                );
+            }
+            let contributors = acts.iter().filter(|a| a[slot] == Act::Grad).count();
+            for (rank, outcome) in outcomes.iter().enumerate() {
+                assert_eq!(
+                    outcome.reduced[slot].is_some(),
+                    contributors > 0,
+                    "{context}: slot {slot} rank {rank}: a reduced gradient exactly when some \
+                     rank has a real one"
+                );
+            }
+            if contributors == 0 {
+                if acts.iter().any(|a| a[slot] == Act::UsedNoGrad) {
+                    silent_slots += 1;
+                }
+                continue;
+            }
+            let numel = D_IN * COLUMNS[slot];
+            reduced_elements += numel;
+            reduced_params += 1;
+            let mut sum = vec![0.0f64; numel];
+            let mut abs_sum = vec![0.0f64; numel];
+            for outcome in &outcomes {
+                if let Some(local) = &outcome.local[slot] {
+                    for ((s, a), &g) in sum.iter_mut().zip(&mut abs_sum).zip(local) {
+                        *s += f64::from(g);
+                        *a += f64::from(g).abs();
+                    }
+                }
+            }
+            let divisor = match averaging {
+                Averaging::WorldSize => world,
+                Averaging::Contributors => contributors,
+            } as f64;
+            let first = outcomes[0].reduced[slot].as_ref().unwrap();
+            for (rank, outcome) in outcomes.iter().enumerate() {
+                let reduced = outcome.reduced[slot].as_ref().unwrap();
+                assert_eq!(
+                    bits(std::slice::from_ref(reduced)),
+                    bits(std::slice::from_ref(first)),
+                    "{context}: slot {slot}: rank {rank} differs from rank 0"
+                );
+                for (i, &r) in reduced.iter().enumerate() {
+                    let expected = sum[i] / divisor;
+                    // Relative to the summands' magnitude: f32 sums in another
+                    // order err relative to it when terms cancel.
+                    let magnitude = expected.abs().max(abs_sum[i] / divisor).max(1e-30);
+                    assert!(
+                        (f64::from(r) - expected).abs() <= 1e-6 * magnitude,
+                        "{context}: slot {slot} element {i}: reduced {r}, reference {expected}"
+                    );
+                }
+            }
+        }
+        for (rank, outcome) in outcomes.iter().enumerate() {
+            let stats = &outcome.stats;
+            let usage_bytes = if world > 1 { 4 * SLOTS as u64 } else { 0 };
+            assert_eq!(stats.usage_bytes, usage_bytes, "{context}: rank {rank}");
+            assert_eq!(
+                stats.bytes_sent,
+                4 * reduced_elements as u64 + usage_bytes,
+                "{context}: rank {rank}: bytes sent count only slots with a real gradient"
+            );
+            assert_eq!(stats.params_reduced, reduced_params, "{context}");
+            assert_eq!(stats.params_skipped, SLOTS - reduced_params, "{context}");
+            let total: usize = COLUMNS.iter().map(|c| D_IN * c).sum();
+            assert_eq!(stats.elements_reduced, reduced_elements, "{context}");
+            assert_eq!(stats.dense_bytes, 4 * total as u64, "{context}");
+        }
+    }
+    // Every combination of kind and act occurred, and some slots were used
+    // (planned or recorded) without a gradient on any rank.
+    assert_eq!(seen, [[true; 3]; 2]);
+    assert!(silent_slots > 10, "{silent_slots}");
+}
+
+#[test]
+fn a_slot_used_everywhere_without_a_gradient_gets_none_and_costs_nothing() {
+    // Two ranks; the always-planned parameter 0 and the conditional
+    // parameter 3 run on both ranks but never reach the loss.
+    let mut acts = vec![Act::Grad; ALWAYS + CONDITIONAL];
+    acts[0] = Act::UsedNoGrad;
+    acts[ALWAYS] = Act::UsedNoGrad;
+    for averaging in [Averaging::WorldSize, Averaging::Contributors] {
+        let config = ReducerConfig::default().with_averaging(averaging);
+        let outcomes = run_pattern(2, config, vec![acts.clone(), acts.clone()], 5);
+        for outcome in &outcomes {
+            assert!(outcome.reduced[0].is_none());
+            assert!(outcome.reduced[ALWAYS].is_none());
+            assert!(outcome.reduced[1].is_some());
+            let stats = outcome.stats;
+            assert_eq!(stats.params_skipped, 2);
+            let sent: usize = COLUMNS.iter().map(|c| D_IN * c).sum::<usize>()
+                - D_IN * (COLUMNS[0] + COLUMNS[ALWAYS]);
+            assert_eq!(stats.bytes_sent, 4 * sent as u64 + stats.usage_bytes);
+        }
+    }
 }

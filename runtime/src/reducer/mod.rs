@@ -1,10 +1,22 @@
 //! The mask-aware gradient reducer.
 //!
-//! Per step (SPEC §4): local usage = always ∪ recorded; gradients are checked
-//! against it; ranks sum their conditional usage in one small all-reduce; the
-//! gradients of globally used slots are packed into buckets laid out from the
-//! global mask alone, all-reduced, scaled and handed back. Slots no rank used
-//! get no gradient and cost nothing.
+//! Per step (SPEC §4): local usage = always ∪ recorded; every gradient taken
+//! out of burn is checked against it (a gradient outside it is an error). The
+//! plan and the records decide only what may travel; the result follows the
+//! real gradients; per-slot gradient counts travel with the usage exchange.
+//! That exchange is one small all-reduce of a `u32` per trainable slot (always
+//! and conditional): the number of ranks whose backward produced a gradient
+//! for it. Slots with a count above zero are packed into buckets laid out from
+//! that global mask alone, all-reduced, scaled and handed back; a rank without
+//! the gradient contributes zeros. Slots no rank has a gradient for — whether
+//! unused, or planned always or recorded but cut off from the loss — get no
+//! gradient at all (the optimizer leaves them and their state alone) and cost
+//! no bytes.
+//!
+//! Known cost: the exchange runs for every step of a world larger than one,
+//! also for a model without conditional slots, where it used to be skipped.
+//! Carrying the counts in band with the first bucket would save that round
+//! trip; it is not done yet. A world of one exchanges nothing.
 
 mod buckets;
 mod grads;
@@ -38,12 +50,14 @@ pub use params::parameter_checksum;
 /// How a reduced gradient is scaled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Averaging {
-    /// Sum over the ranks that used the parameter, divided by the world size
-    /// (PyTorch DDP and Horovod: a rank that did not use it counts as zero).
+    /// Sum over the ranks whose backward produced a gradient for the
+    /// parameter, divided by the world size (PyTorch DDP and Horovod: a rank
+    /// without the gradient counts as zero).
     #[default]
     WorldSize,
-    /// Sum divided by the number of ranks that used the parameter — what
-    /// mixture-of-experts training usually wants for experts.
+    /// Sum divided by the number of ranks whose backward produced a gradient
+    /// for the parameter — what mixture-of-experts training usually wants for
+    /// experts.
     Contributors,
 }
 
@@ -256,7 +270,9 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     }
 
     /// Reduces this step's gradients across ranks and returns the averaged
-    /// gradients of exactly the parameters some rank used.
+    /// gradients of exactly the parameters for which some rank's backward
+    /// produced a gradient. A parameter planned always or recorded, but with
+    /// no gradient on any rank, gets none (not zeros).
     ///
     /// On error the group is broken (other ranks are told where possible);
     /// stop training.
@@ -289,13 +305,14 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         stats.pack += start.elapsed();
 
         let start = Instant::now();
-        if self.plan.has_conditional() {
-            let counts = self.usage.local_counts();
+        let local = &self.local;
+        let counts = self.usage.local_counts(|slot| local[slot].is_some());
+        if world > 1 {
             stats.usage_bytes = size_of_val(counts) as u64;
             self.collective
                 .all_reduce_counts(Tag::new(step, Op::Usage), counts)?;
         }
-        self.usage.set_global(world);
+        self.usage.set_global();
         stats.exchange = start.elapsed();
 
         let layout = self.bucket_layout();
@@ -307,8 +324,8 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             self.bucket.clear();
             self.bucket.resize(bucket.numel, 0.0);
             for span in spans {
-                // A used slot without a gradient (its output did not reach
-                // the loss) contributes the zeros already in place.
+                // Another rank has this gradient, this one not: it
+                // contributes the zeros already in place.
                 if let Some(data) = &self.local[span.slot] {
                     grads::copy_f32(data, &mut self.bucket[span.range()]);
                 }
@@ -355,6 +372,19 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             if self.usage.is_global(index) {
                 stats.params_reduced += 1;
                 stats.elements_reduced += slot.numel();
+                if slot.numel() == 0 {
+                    // Buckets hold no empty slot; its (empty) gradient
+                    // still follows the real ones.
+                    let info = &self.infos[index];
+                    grads::put::<B::InnerBackend>(
+                        &mut out,
+                        slot.id,
+                        &slot.shape,
+                        Vec::new(),
+                        info.dtype,
+                        &info.device,
+                    );
+                }
             } else {
                 stats.params_skipped += 1;
                 stats.elements_skipped += slot.numel();

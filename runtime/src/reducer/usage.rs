@@ -1,7 +1,15 @@
-//! Local and global parameter usage of one step.
+//! Local usage and global gradient counts of one step.
 //!
-//! Only conditional slots travel: always-used slots are used by every rank and
-//! frozen slots by none, so both are known without talking.
+//! Two different things are tracked per slot:
+//!
+//! - **usage** (always ∪ recorded, local to this rank): what *may* carry a
+//!   gradient here. A gradient outside it is an error; usage never decides
+//!   what is reduced.
+//! - **gradient counts** (global): how many ranks' backward really produced a
+//!   gradient for the slot. These travel in the usage exchange, one `u32` per
+//!   trainable slot (always and conditional; frozen slots and tied-weight
+//!   repeats never carry one), and decide everything that follows: the global
+//!   mask (count > 0), the bucket layout and the contributors divisor.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -20,15 +28,17 @@ pub(crate) struct UsageTracker {
     /// burn keys gradients by id, so only the first slot carries it; aliases
     /// are never used, reduced or counted.
     alias: Vec<bool>,
-    /// The conditional slots, in slot order; `counts[i]` belongs to `conditional[i]`.
-    conditional: Vec<usize>,
-    /// Per slot: used by this rank in this step.
+    /// The slots whose gradient counts are exchanged (neither frozen nor an
+    /// alias), in slot order; `counts[i]` belongs to `exchanged[i]`.
+    exchanged: Vec<usize>,
+    /// Per slot: used (planned always or recorded) by this rank in this step.
     local: Vec<bool>,
-    /// Per conditional slot: this rank's use, then the number of ranks using it.
+    /// Per exchanged slot: whether this rank has a gradient, then the number
+    /// of ranks that have one.
     counts: Vec<u32>,
-    /// Per slot: ranks that used it (world size for always-used slots).
+    /// Per slot: the number of ranks with a gradient for it in this step.
     contributors: Vec<u32>,
-    /// One bit per slot: used by some rank.
+    /// One bit per slot: some rank has a gradient for it.
     mask: Vec<u64>,
 }
 
@@ -45,13 +55,16 @@ impl UsageTracker {
                 }
             }
         }
-        let conditional: Vec<usize> = plan.conditional_slots().collect();
+        let kinds = plan.usage().to_vec();
+        let exchanged: Vec<usize> = (0..slots.len())
+            .filter(|&slot| kinds[slot] != Usage::Frozen && !alias[slot])
+            .collect();
         Self {
             slot_of,
-            kinds: plan.usage().to_vec(),
+            kinds,
             alias,
-            counts: vec![0; conditional.len()],
-            conditional,
+            counts: vec![0; exchanged.len()],
+            exchanged,
             local: vec![false; slots.len()],
             contributors: vec![0; slots.len()],
             mask: vec![0; slots.len().div_ceil(64)],
@@ -76,50 +89,44 @@ impl UsageTracker {
         self.alias[slot]
     }
 
-    /// Whether this rank used `slot` in this step.
+    /// Whether this rank used `slot` in this step (planned always or recorded).
     pub fn is_local(&self, slot: usize) -> bool {
         self.local[slot]
     }
 
-    /// This rank's usage of the conditional slots, as counts to all-reduce.
-    pub fn local_counts(&mut self) -> &mut [u32] {
-        for (count, &slot) in self.counts.iter_mut().zip(&self.conditional) {
-            *count = u32::from(self.local[slot]);
+    /// This rank's gradient presence per exchanged slot (`has_grad(slot)`),
+    /// as counts to all-reduce.
+    pub fn local_counts(&mut self, has_grad: impl Fn(usize) -> bool) -> &mut [u32] {
+        for (count, &slot) in self.counts.iter_mut().zip(&self.exchanged) {
+            *count = u32::from(has_grad(slot));
         }
         &mut self.counts
     }
 
-    /// Derives the global mask and contributor counts from the summed counts
-    /// (or from the local usage alone when there is no conditional slot).
-    pub fn set_global(&mut self, world_size: usize) {
+    /// Derives the global mask and the contributor counts from the counts,
+    /// summed over ranks (or this rank's own, in a world of one).
+    pub fn set_global(&mut self) {
         self.mask.iter_mut().for_each(|word| *word = 0);
-        for (slot, kind) in self.kinds.iter().enumerate() {
-            self.contributors[slot] = match kind {
-                Usage::Always if !self.alias[slot] => world_size as u32,
-                _ => 0,
-            };
-        }
-        for (&count, &slot) in self.counts.iter().zip(&self.conditional) {
+        self.contributors.iter_mut().for_each(|count| *count = 0);
+        for (&count, &slot) in self.counts.iter().zip(&self.exchanged) {
             self.contributors[slot] = count;
-        }
-        for (slot, &count) in self.contributors.iter().enumerate() {
             if count > 0 {
                 self.mask[slot / 64] |= 1 << (slot % 64);
             }
         }
     }
 
-    /// One bit per slot: used by some rank in this step.
+    /// One bit per slot: some rank has a gradient for it in this step.
     pub fn global_mask(&self) -> &[u64] {
         &self.mask
     }
 
-    /// Whether some rank used `slot` in this step.
+    /// Whether some rank has a gradient for `slot` in this step.
     pub fn is_global(&self, slot: usize) -> bool {
         self.mask[slot / 64] >> (slot % 64) & 1 == 1
     }
 
-    /// How many ranks used `slot` in this step.
+    /// How many ranks have a gradient for `slot` in this step.
     pub fn contributors(&self, slot: usize) -> u32 {
         self.contributors[slot]
     }
