@@ -21,7 +21,34 @@ struct Run {
 /// `cargo run --quiet --example moe_training -- <args>`, killed (and the test
 /// failed) if it runs past [`LIMIT`].
 fn main_job(args: &[&str]) -> Run {
-    let mut child = Command::new(env!("CARGO"))
+    main_job_in(Command::new(env!("CARGO")), args)
+}
+
+/// [`main_job`] under a limit on virtual memory (`ulimit -v`, in KiB): an
+/// allocation past it fails instead of being overcommitted.
+fn main_job_with_memory_limit(kib: u64, args: &[&str]) -> Run {
+    if cfg!(not(unix)) {
+        return main_job(args);
+    }
+    // Build outside the limit: only the job itself runs under it.
+    let build = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", "moe_training"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("start cargo");
+    assert!(build.success(), "the main job does not build");
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        r#"ulimit -v "$0" && exec "$@""#,
+        &kib.to_string(),
+        env!("CARGO"),
+    ]);
+    main_job_in(command, args)
+}
+
+fn main_job_in(mut command: Command, args: &[&str]) -> Run {
+    let mut child = command
         .args(["run", "--quiet", "--example", "moe_training", "--"])
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -194,5 +221,150 @@ fn an_unavailable_collective_is_a_clear_error() {
         !run.stdout.contains("replicas"),
         "it trained anyway:\n{}",
         run.stdout
+    );
+}
+
+/// Asserts that `run` failed with exit code `code` and one error line holding
+/// every one of `needles`, without panicking, aborting or training.
+fn assert_one_line_error(run: &Run, code: i32, needles: &[&str]) {
+    let context = format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        run.code, run.stdout, run.stderr
+    );
+    assert_eq!(run.code, Some(code), "{context}");
+    assert_no_panic(run);
+    assert!(
+        !run.stderr.contains("memory allocation"),
+        "an allocation failed: {context}"
+    );
+    assert!(!run.stdout.contains("replicas"), "it trained: {context}");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let errors: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "not one error line: {context}");
+    let line = lines[errors[0]];
+    // The message is one line: whatever follows is a separate paragraph.
+    assert!(
+        lines.get(errors[0] + 1).is_none_or(|next| next.is_empty()),
+        "the message runs onto a second line: {context}"
+    );
+    for needle in needles {
+        assert!(line.contains(needle), "{needle:?} missing from {line:?}");
+    }
+}
+
+#[test]
+fn learning_rates_that_cannot_train_are_usage_errors() {
+    for lr in ["nan", "inf", "-inf", "-1", "0", "fast"] {
+        let run = main_job(&["--lr", lr, "--steps", "1"]);
+        assert_one_line_error(&run, 2, &["--lr", &format!("'{lr}'")]);
+    }
+    let run = main_job(&["--lr", "-1", "--steps", "1"]);
+    assert_one_line_error(&run, 2, &["--lr", "must be a finite number greater than 0"]);
+}
+
+#[test]
+fn a_diverging_run_fails_naming_the_step() {
+    let started = Instant::now();
+    let run = main_job(&["--lr", "1e30", "--steps", "50", "--hidden", "8"]);
+    assert_one_line_error(&run, 1, &["non-finite loss at step ", "--lr", "1e30"]);
+    // Adam moves every parameter by about the learning rate at step 1: the
+    // loss is infinite from step 2 on.
+    let line = run.stderr.lines().find(|l| l.starts_with("error")).unwrap();
+    let step: u32 = line
+        .split("non-finite loss at step ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|step| step.parse().ok())
+        .unwrap_or_else(|| panic!("no step in {line:?}"));
+    assert!((1..=5).contains(&step), "{line}");
+    assert!(started.elapsed() < LIMIT);
+}
+
+#[test]
+fn the_step_schedule_is_not_allocated_up_front() {
+    // u32::MAX steps used to reserve 16 GiB per rank for the loss curve
+    // before the first step. Under an 8 GiB limit on virtual memory the job
+    // must still start training: the diverging learning rate then ends it
+    // at step 2.
+    let run = main_job_with_memory_limit(
+        8 << 20,
+        &["--steps", "4294967295", "--lr", "1e30", "--hidden", "8"],
+    );
+    assert_one_line_error(&run, 1, &["non-finite loss at step 2"]);
+}
+
+#[test]
+fn sizes_beyond_memory_are_refused_before_allocating() {
+    for (args, needles) in [
+        (
+            &["--hidden", "100000"][..],
+            &["--hidden 100000", "lower --hidden"][..],
+        ),
+        (
+            &["--batch-size", "4294967295"],
+            &["--batch-size 4294967295", "lower --batch-size"],
+        ),
+        (
+            &["--experts", "1024", "--hidden", "4096"],
+            &[
+                "--experts 1024",
+                "--hidden 4096",
+                "lower --hidden, --experts",
+            ],
+        ),
+    ] {
+        let started = Instant::now();
+        // The estimate comes before any allocation: the job fails at once,
+        // even under an 8 GiB limit on virtual memory.
+        let run = main_job_with_memory_limit(8 << 20, &[args, &["--steps", "1"]].concat());
+        assert_one_line_error(
+            &run,
+            2,
+            &[&[" of memory", "available"][..], needles].concat(),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_bucket_cap_past_the_address_space_is_refused() {
+    // 2^54 KiB is 2^64 bytes: it used to wrap around to a cap of 0.
+    let run = main_job(&["--bucket-kib", "18014398509481984", "--steps", "1"]);
+    assert_one_line_error(
+        &run,
+        2,
+        &[
+            "--bucket-kib",
+            "'18014398509481984'",
+            "at most 18014398509481983 KiB",
+        ],
+    );
+    let run = main_job(&["--bucket-kib", "0", "--steps", "1"]);
+    assert_one_line_error(&run, 2, &["--bucket-kib", "'0'"]);
+    // The largest cap that fits is accepted: every parameter in one bucket.
+    let run = main_job(&[
+        "--bucket-kib",
+        "18014398509481983",
+        "--steps",
+        "2",
+        "--ranks",
+        "2",
+        "--hidden",
+        "8",
+    ]);
+    assert!(
+        run.success,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stdout
+            .contains("all 2 replicas hold bit-identical parameters")
     );
 }

@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use burn::backend::{Autodiff, NdArray};
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::nn::loss::{MseLoss, Reduction};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
@@ -47,8 +47,8 @@ struct Args {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     experts: u32,
     /// Bucket cap in KiB.
-    #[arg(long, default_value_t = 25 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
-    bucket_kib: u64,
+    #[arg(long, default_value = "25600", value_parser = parse_bucket_cap)]
+    bucket_kib: BucketCap,
     /// How reduced gradients are averaged.
     #[arg(long, value_enum, default_value_t = AveragingArg::WorldSize)]
     averaging: AveragingArg,
@@ -58,12 +58,53 @@ struct Args {
     /// Which collective carries the reduction.
     #[arg(long, value_enum, default_value_t = CollectiveArg::Threads)]
     collective: CollectiveArg,
-    /// Learning rate of Adam.
-    #[arg(long, default_value_t = 3e-3)]
+    /// Learning rate of Adam (finite, greater than 0).
+    #[arg(long, default_value_t = 3e-3, value_parser = parse_lr, allow_hyphen_values = true)]
     lr: f64,
     /// Seed of the data and of the initial parameters.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+}
+
+/// `--bucket-kib`, as the cap in bytes it stands for.
+#[derive(Debug, Clone, Copy)]
+struct BucketCap {
+    bytes: usize,
+}
+
+/// Accepts a positive whole number of KiB whose byte count fits in `usize`
+/// (a larger one would wrap around, to a cap of 0 for 2^54 KiB).
+fn parse_bucket_cap(value: &str) -> Result<BucketCap, String> {
+    let kib: u64 = value
+        .parse()
+        .map_err(|e| format!("not a whole number of KiB ({e})"))?;
+    if kib == 0 {
+        return Err("the bucket cap must be at least 1 KiB".to_owned());
+    }
+    let bytes = kib
+        .checked_mul(1024)
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .ok_or_else(|| {
+            format!(
+                "{kib} KiB is more bytes than this machine can address (at most {} KiB)",
+                usize::MAX / 1024
+            )
+        })?;
+    Ok(BucketCap { bytes })
+}
+
+/// Accepts a finite learning rate greater than 0: any other value can only
+/// diverge or stand still.
+fn parse_lr(value: &str) -> Result<f64, String> {
+    let lr: f64 = value
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a number ({e})"))?;
+    if lr.is_finite() && lr > 0.0 {
+        Ok(lr)
+    } else {
+        Err("the learning rate must be a finite number greater than 0".to_owned())
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -98,10 +139,73 @@ const OUTPUT: usize = 4;
 struct RankResult {
     rank: usize,
     checksum: u64,
-    /// This rank's loss at every step.
-    losses: Vec<f32>,
+    losses: LossSummary,
     summary: StatsSummary,
     plan_table: String,
+}
+
+/// The parts of one rank's loss curve the report prints, gathered step by
+/// step: memory does not grow with `--steps`.
+#[derive(Debug, Clone, Copy, Default)]
+struct LossSummary {
+    /// The loss at the first step.
+    first: f64,
+    /// Sum and count of the losses over the first `window` steps.
+    head: (f64, usize),
+    /// Sum and count of the losses over the last `window` steps.
+    tail: (f64, usize),
+}
+
+impl LossSummary {
+    fn record(&mut self, step: usize, steps: usize, loss: f32) {
+        let window = loss_window(steps);
+        let loss = f64::from(loss);
+        if step == 0 {
+            self.first = loss;
+        }
+        if step < window {
+            self.head.0 += loss;
+            self.head.1 += 1;
+        }
+        if step >= steps - window {
+            self.tail.0 += loss;
+            self.tail.1 += 1;
+        }
+    }
+}
+
+/// How many steps the report averages the loss over, at each end of the run.
+fn loss_window(steps: usize) -> usize {
+    (steps / 10).max(1)
+}
+
+/// What stopped being finite.
+#[derive(Debug, Clone, Copy)]
+enum Diverged {
+    Loss(f32),
+    Parameters,
+}
+
+/// Why a rank stopped before the end.
+enum RankError {
+    /// The loss at `step` (or, after the last step, a parameter) stopped
+    /// being finite: the cause of a failed run, not a consequence.
+    Diverged { step: usize, what: Diverged },
+    /// Another rank left the group: a consequence of that rank's failure.
+    PeerLeft(String),
+    /// Anything else this rank ran into.
+    Failed(String),
+}
+
+impl From<maskddp::DdpError> for RankError {
+    fn from(err: maskddp::DdpError) -> Self {
+        match err {
+            maskddp::DdpError::Collective(maskddp::CollectiveError::Departed { .. }) => {
+                RankError::PeerLeft(err.to_string())
+            }
+            err => RankError::Failed(err.to_string()),
+        }
+    }
 }
 
 /// Progress of rank 0, for the bar.
@@ -122,6 +226,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if let Err(message) = check_memory(&args) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -132,9 +240,143 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parameters of one `MoeNet` replica.
+fn parameter_count(hidden: u128, experts: u128) -> u128 {
+    let (input, output) = (INPUT as u128, OUTPUT as u128);
+    let encoder = input * hidden + hidden;
+    let expert = hidden * hidden + hidden + hidden * output + output;
+    let aux_head = hidden + 1;
+    encoder + experts * expert + aux_head
+}
+
+/// Bytes held per parameter per rank: the weights, the autodiff gradient and
+/// its `GradientsParams` copy, Adam's two moments, and the updated weights
+/// while the optimizer builds them.
+const BYTES_PER_PARAMETER: u128 = 4 * 6;
+/// Bytes per bucket element per rank: the reducer's bucket, the thread
+/// group's staging copy and its share of the sum (with the compressed copy
+/// when the wire is bf16 or f16).
+const BYTES_PER_BUCKET_ELEMENT: u128 = 4 * 3;
+/// Values held per sample per rank, per unit of `--hidden`: the encoder's and
+/// the expert's pre- and post-activation outputs, with their gradients.
+const ACTIVATIONS_PER_HIDDEN: u128 = 12;
+/// Values held per sample per rank besides those: inputs (three copies),
+/// targets and predictions.
+const ACTIVATIONS_FIXED: u128 = 3 * INPUT as u128 + 4 * OUTPUT as u128 + 4;
+/// The bound when the machine's memory cannot be read.
+const FALLBACK_MEMORY: u128 = 16 << 30;
+
+/// Refuses, before allocating anything, a run whose sizes need more memory
+/// than the machine has available: it would otherwise abort in an allocation
+/// or be killed by the kernel after minutes.
+fn check_memory(args: &Args) -> Result<(), String> {
+    let ranks = u128::from(args.ranks);
+    let (hidden, experts, batch) = (
+        u128::from(args.hidden),
+        u128::from(args.experts),
+        u128::from(args.batch_size),
+    );
+    let parameters = parameter_count(hidden, experts);
+    let bucket = parameters.min(args.bucket_kib.bytes as u128 / 4);
+    // Rank 0's broadcast of the initial parameters keeps one more copy.
+    let model = ranks * (parameters * BYTES_PER_PARAMETER + bucket * BYTES_PER_BUCKET_ELEMENT)
+        + parameters * 4;
+    let activations = ranks * batch * (ACTIVATIONS_PER_HIDDEN * hidden + ACTIVATIONS_FIXED) * 4;
+    let needed = model + activations;
+    let (available, source) = available_memory();
+    if needed <= available {
+        return Ok(());
+    }
+    let lower = if activations > model {
+        "lower --batch-size or --hidden"
+    } else {
+        "lower --hidden, --experts or --ranks"
+    };
+    Err(format!(
+        "--ranks {} --experts {} --hidden {} --batch-size {} need about {} of memory \
+         ({} for {} parameters per replica with their gradients, optimizer state and reducer \
+         buffers, {} for activations), more than the {} {source}; {lower}",
+        args.ranks,
+        args.experts,
+        args.hidden,
+        args.batch_size,
+        bytes(needed),
+        bytes(model),
+        count(parameters),
+        bytes(activations),
+        bytes(available),
+    ))
+}
+
+/// The memory a run may use, and where that figure comes from: what the
+/// kernel reports as available (capped by this control group's limit), or a
+/// fixed bound where neither can be read.
+fn available_memory() -> (u128, &'static str) {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let field = |name: &str| -> Option<u128> {
+        let line = meminfo.as_deref()?.lines().find(|l| l.starts_with(name))?;
+        let kib: u128 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    };
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|max| max.trim().parse::<u128>().ok())
+        .map(|max| {
+            let used = std::fs::read_to_string("/sys/fs/cgroup/memory.current")
+                .ok()
+                .and_then(|used| used.trim().parse::<u128>().ok())
+                .unwrap_or(0);
+            max.saturating_sub(used)
+        });
+    match (
+        field("MemAvailable:").or_else(|| field("MemTotal:")),
+        cgroup,
+    ) {
+        (Some(memory), Some(limit)) if limit < memory => {
+            (limit, "this control group may still use")
+        }
+        (Some(memory), _) => (memory, "available on this machine"),
+        (None, Some(limit)) => (limit, "this control group may still use"),
+        (None, None) => (
+            FALLBACK_MEMORY,
+            "this job allows when it cannot read /proc/meminfo",
+        ),
+    }
+}
+
+/// `1.5 GiB`.
+fn bytes(n: u128) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+/// `8.4 M`.
+fn count(n: u128) -> String {
+    match n {
+        0..1_000_000 => n.to_string(),
+        1_000_000..1_000_000_000 => format!("{:.1} M", n as f64 / 1e6),
+        _ => format!("{:.1} G", n as f64 / 1e9),
+    }
+}
+
 fn reducer_config(args: &Args) -> ReducerConfig {
     ReducerConfig {
-        bucket_cap_bytes: (args.bucket_kib * 1024) as usize,
+        bucket_cap_bytes: args.bucket_kib.bytes,
         averaging: match args.averaging {
             AveragingArg::WorldSize => Averaging::WorldSize,
             AveragingArg::Contributors => Averaging::Contributors,
@@ -187,14 +429,53 @@ fn run(args: &Args) -> Result<bool, String> {
     bar.finish();
 
     let mut results = Vec::with_capacity(ranks);
+    let mut errors = Vec::new();
     for (rank, handle) in handles.into_iter().enumerate() {
         match handle.join() {
             Ok(Ok(result)) => results.push(result),
-            Ok(Err(message)) => return Err(format!("rank {rank}: {message}")),
-            Err(_) => return Err(format!("rank {rank} panicked")),
+            Ok(Err(err)) => errors.push((rank, err)),
+            Err(_) => errors.push((rank, RankError::Failed("its thread panicked".to_owned()))),
         }
     }
+    if !errors.is_empty() {
+        return Err(first_cause(args, errors));
+    }
     Ok(report(args, started.elapsed(), &results))
+}
+
+/// The message for the error that caused the others: the earliest divergence,
+/// else the first rank's own failure, else what the ranks saw of each other.
+fn first_cause(args: &Args, mut errors: Vec<(usize, RankError)>) -> String {
+    let diverged = errors
+        .iter()
+        .filter_map(|(rank, err)| match err {
+            RankError::Diverged { step, what } => Some((*step, *rank, *what)),
+            _ => None,
+        })
+        .min_by_key(|&(step, rank, _)| (step, rank));
+    if let Some((step, rank, what)) = diverged {
+        // Steps are counted from 1, as in the report.
+        let step = step + 1;
+        let what = match what {
+            Diverged::Loss(loss) => {
+                format!("non-finite loss at step {step} ({loss} on rank {rank})")
+            }
+            Diverged::Parameters => {
+                format!("non-finite parameters after step {step} (on rank {rank})")
+            }
+        };
+        return format!(
+            "{what}: training diverged; try a smaller --lr than {:?}",
+            args.lr
+        );
+    }
+    errors.sort_by_key(|(rank, err)| (matches!(err, RankError::PeerLeft(_)), *rank));
+    match &errors[0] {
+        (rank, RankError::Failed(message) | RankError::PeerLeft(message)) => {
+            format!("rank {rank}: {message}")
+        }
+        (_, RankError::Diverged { .. }) => unreachable!("divergence is reported above"),
+    }
 }
 
 /// One model per rank, each with different random parameters (the reducer
@@ -229,16 +510,16 @@ fn train_rank(
     collective: maskddp::ThreadCollective,
     args: &Args,
     progress: Option<mpsc::Sender<Progress>>,
-) -> Result<RankResult, String> {
+) -> Result<RankResult, RankError> {
     let device = Default::default();
-    let (mut model, mut reducer) =
-        Reducer::new(model, collective, reducer_config(args)).map_err(|e| e.to_string())?;
+    let (mut model, mut reducer) = Reducer::new(model, collective, reducer_config(args))?;
     let teachers = Teachers::new(args.seed, args.experts as usize, INPUT, OUTPUT);
     let mut optimizer = AdamConfig::new().init::<Train, MoeNet<Train>>();
     let mse = MseLoss::new();
-    let mut losses = Vec::with_capacity(args.steps as usize);
+    let steps = args.steps as usize;
+    let mut losses = LossSummary::default();
 
-    for step in 0..args.steps as usize {
+    for step in 0..steps {
         let batch =
             teachers.batch::<Train>(args.seed, rank, step, args.batch_size as usize, &device);
         let output =
@@ -251,9 +532,16 @@ fn train_rank(
                     .mul_scalar(0.1);
         }
         let loss_value = loss.clone().into_scalar();
-        losses.push(loss_value);
+        if !loss_value.is_finite() {
+            // Leaving drops this rank's collective: the others stop at once.
+            return Err(RankError::Diverged {
+                step,
+                what: Diverged::Loss(loss_value),
+            });
+        }
+        losses.record(step, steps, loss_value);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let grads = reducer.reduce(grads).map_err(|e| e.to_string())?;
+        let grads = reducer.reduce(grads)?;
         model = optimizer.step(args.lr, model, grads);
         if let Some(progress) = &progress {
             let _ = progress.send(Progress {
@@ -262,13 +550,35 @@ fn train_rank(
             });
         }
     }
+    let valid = model.valid();
+    if !parameters_are_finite(&valid) {
+        return Err(RankError::Diverged {
+            step: steps - 1,
+            what: Diverged::Parameters,
+        });
+    }
     Ok(RankResult {
         rank,
-        checksum: maskddp::parameter_checksum(&model.valid()),
+        checksum: maskddp::parameter_checksum(&valid),
         losses,
         summary: reducer.summary(),
         plan_table: model.usage_plan().table().to_string(),
     })
+}
+
+/// Whether every parameter value of `model` is finite.
+fn parameters_are_finite<B: Backend, M: Module<B>>(model: &M) -> bool {
+    struct Finite(bool);
+    impl<B: Backend> ModuleVisitor<B> for Finite {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if self.0 {
+                self.0 = param.val().into_data().iter::<f32>().all(|x| x.is_finite());
+            }
+        }
+    }
+    let mut finite = Finite(true);
+    model.visit(&mut finite);
+    finite.0
 }
 
 /// Prints the summary; returns whether every replica is bit-identical.
@@ -280,23 +590,21 @@ fn report(args: &Args, elapsed: Duration, results: &[RankResult]) -> bool {
         args.steps,
         args.ranks,
         elapsed,
-        elapsed.as_secs_f64() * 1e3 / args.steps as f64,
+        elapsed.as_secs_f64() * 1e3 / f64::from(args.steps),
     );
-    let window = (args.steps as usize / 10).max(1);
-    let mean_loss = |range: std::ops::Range<usize>| {
-        let values: Vec<f32> = results
+    let window = loss_window(args.steps as usize);
+    let mean = |part: fn(&LossSummary) -> (f64, usize)| {
+        let (sum, n) = results
             .iter()
-            .flat_map(|r| &r.losses[range.clone()])
-            .copied()
-            .collect();
-        values.iter().sum::<f32>() / values.len() as f32
+            .map(|r| part(&r.losses))
+            .fold((0.0, 0), |(s, n), (s2, n2)| (s + s2, n + n2));
+        sum / n as f64
     };
-    let steps = args.steps as usize;
     println!(
         "loss (mean over ranks): step 1 {:.4}, mean of the first {window} steps {:.4}, of the last {window} {:.4}",
-        mean_loss(0..1),
-        mean_loss(0..window),
-        mean_loss(steps - window..steps),
+        mean(|l| (l.first, 1)),
+        mean(|l| l.head),
+        mean(|l| l.tail),
     );
     println!("reducer (rank 0):\n{}", first.summary);
     println!("\nreplica check:");
