@@ -153,24 +153,48 @@
 /// classified from `forward` and the `&self` methods of the annotated impl
 /// block it calls (recursion included):
 ///
-/// - **always**: used on every path. Reduced every step; costs nothing to
-///   record.
-/// - **conditional**: used only on some paths — inside `if`/`else`,
+/// A *use* is where a value taken from a field is consumed, not where it is
+/// taken. The analysis follows values through references held in locals
+/// (`let head = &self.head;`), `let`/`match`/`if let`/`while let` patterns,
+/// tuples, iterator adaptors (`iter`, `enumerate`, `zip`, `filter`,
+/// `filter_map`, `map`, `take_while`, `chunks`, `nth`, `find`, …), `Option`
+/// adaptors (`as_ref`, `filter`, `map`, `unwrap_or`, …) and closure
+/// parameters, to the method call that consumes them
+/// (`expert.forward(x)`). So in
+///
+/// ```text
+/// for (i, expert) in self.experts.iter().enumerate() {
+///     if mask[i] { out = out + expert.forward(x.clone()); }
+/// }
+/// ```
+///
+/// only the experts whose `forward` runs are recorded, exactly as with
+/// `self.experts[i].forward(x)`. Any other use of such a value (an argument,
+/// a value returned from a helper, a projection `expert.fc1`, a macro naming
+/// it) counts as a use of all of it, there.
+///
+/// - **always**: consumed by a method call on every path. Reduced every
+///   step; costs nothing to record.
+/// - **conditional**: consumed only on some paths — inside `if`/`else`,
 ///   `if let`, `match` arms and guards, loop bodies, closures, after an early
-///   `return` or `?`, in a `let … else` branch, or behind a dynamic index
-///   (`self.experts[i]`, `self.experts.get(i)`, `self.experts.iter().take(k)`:
-///   only the elements reached are recorded). Each evaluated use records the
-///   field's parameters into the usage scope of [`Reducer::forward`].
+///   `return` or `?`, in a `let … else` branch — or consumed element by
+///   element (`self.experts[i]`, an element of a loop, the content of an
+///   `Option` field), or handed on whole (to a function, into a projection).
+///   Each evaluated use records what it consumed into the usage scope of
+///   [`Reducer::forward`].
 /// - **never**: a compile error on the field, unless it is `#[ddp(frozen)]`.
 ///
 /// A field whose type is itself a `#[ddp_model]` (directly, or in `Option`,
-/// `Vec` or an array) keeps its own split when used on every path; used
+/// `Vec` or an array) keeps its own split when called on every path; used
 /// conditionally, all its parameters are conditional in the plan. At run time
 /// a child called through a method of its own `#[ddp_model]` impl block —
-/// directly (`self.child.forward(x)`) or through a `match`/`if let` binding —
-/// records only what it used; any other use (`&self.child` passed on, a
-/// method outside its annotated impl block, `self.child.head`) records all
-/// of its parameters, which is always safe.
+/// directly (`self.child.forward(x)`), through a binding or as an element of
+/// a loop — records only what it used; any other use (`&self.child` passed
+/// on, a method outside its annotated impl block, `self.child.head`) records
+/// all of its parameters, which is always safe.
+///
+/// Recording more than was used costs bytes at most: the reducer's result
+/// follows the gradients that really exist.
 ///
 /// # Attributes
 ///
@@ -186,10 +210,15 @@
 ///
 /// Besides never-used fields, these are compile errors spanned on the
 /// offending expression, each saying what to write instead: `self` used as a
-/// whole (passed to a function, stored, returned, captured by an escaping
-/// closure), a call to a `self` method outside the annotated impl block
-/// (`self.clone()` included), and a macro call whose tokens mention a
-/// parameter field. Several mistakes are reported in one build.
+/// whole (passed to a function, stored, returned), a call to a `self` method
+/// outside the annotated impl block (`self.clone()` included), a macro call
+/// whose tokens mention `self`, a field reached through `Deref` (not a
+/// declared field), an `async fn forward`, a closure capturing `self`
+/// returned from a method, a lazy iterator whose closure uses `self`
+/// returned from `forward` (or a value borrowed from a field), and a closure
+/// handed to another thread (`spawn`, `scope`, `par_iter`). Each would use
+/// parameters where the usage scope cannot see them. Several mistakes are
+/// reported in one build.
 ///
 /// # Limits
 ///

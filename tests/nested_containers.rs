@@ -78,20 +78,19 @@ fn paths(plan: &maskddp::UsagePlan, keep: impl Fn(&Usage) -> bool) -> BTreeSet<S
 fn plan_keeps_the_split_of_children_in_containers() {
     let plan = net().usage_plan();
     assert_eq!(plan.undescribed(), &[] as &[usize]);
-    // `self.opt` is read on every path (the match scrutinee), so the child in
-    // it keeps its own split: `inner` always, `gate` only `if gated`.
-    let always: BTreeSet<String> = ["opt.inner.weight", "opt.inner.bias"]
-        .map(String::from)
-        .into();
+    // `self.opt`'s child is used in the `Some` arm only, so all of it is
+    // conditional; no field is used on every path.
     assert_eq!(
         paths(&plan, |usage| *usage == Usage::Always),
-        always,
+        BTreeSet::new(),
         "{}",
         plan.table()
     );
     assert_eq!(
         plan.usage()[2],
-        Usage::Conditional { branch: "if gated" },
+        Usage::Conditional {
+            branch: "match &self.opt => Some(block)"
+        },
         "{}",
         plan.table()
     );
@@ -110,11 +109,16 @@ fn recording_a_child_in_a_container_skips_its_unused_gate() {
         .filter(|slot| record.ids().contains(&slot.id))
         .map(|slot| slot.path.clone())
         .collect();
-    // `opt.inner` is always used, so never recorded; the picked child records
-    // only its always-used part, since its own forward did not take the gate.
-    let expected: BTreeSet<String> = ["many.1.inner.weight", "many.1.inner.bias"]
-        .map(String::from)
-        .into();
+    // Each child called records only its own always-used part, since its
+    // own forward did not take the gate.
+    let expected: BTreeSet<String> = [
+        "opt.inner.weight",
+        "opt.inner.bias",
+        "many.1.inner.weight",
+        "many.1.inner.bias",
+    ]
+    .map(String::from)
+    .into();
     assert_eq!(recorded, expected);
 }
 

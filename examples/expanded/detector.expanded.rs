@@ -44,21 +44,26 @@ impl<B: Backend> Detector<B> {
             .act
             .forward(
                 (*{
-                    use ::maskddp::__private::{TouchNested as _, TouchPlain as _};
-                    (&&::maskddp::__private::Field::<
+                    use ::maskddp::__private::{
+                        ModuleRef as _, TouchNested as _, TouchPlain as _,
+                        TouchSlice as _,
+                    };
+                    (&&&::maskddp::__private::Field::<
                         <Self as ::maskddp::__private::ModelBackend>::Backend,
                         _,
-                    >::new(&self.backbone))
+                    >::new((&self.backbone).__maskddp_module_ref()))
                         .__maskddp_touch_call_always("forward")
                 })
                     .forward(x),
             );
         let mut out = (*{
-            use ::maskddp::__private::{TouchNested as _, TouchPlain as _};
-            (&&::maskddp::__private::Field::<
+            use ::maskddp::__private::{
+                ModuleRef as _, TouchNested as _, TouchPlain as _, TouchSlice as _,
+            };
+            (&&&::maskddp::__private::Field::<
                 <Self as ::maskddp::__private::ModelBackend>::Backend,
                 _,
-            >::new(&self.cls_head))
+            >::new((&self.cls_head).__maskddp_module_ref()))
                 .__maskddp_touch_call_always("forward")
         })
             .forward(h.clone());
@@ -67,22 +72,26 @@ impl<B: Backend> Detector<B> {
         }
         out
             + (*{
-                use ::maskddp::__private::{TouchNested as _, TouchPlain as _};
-                (&&::maskddp::__private::Field::<
+                use ::maskddp::__private::{
+                    ModuleRef as _, TouchNested as _, TouchPlain as _, TouchSlice as _,
+                };
+                (&&&::maskddp::__private::Field::<
                     <Self as ::maskddp::__private::ModelBackend>::Backend,
                     _,
-                >::new(&self.experts[expert]))
+                >::new((&self.experts[expert]).__maskddp_module_ref()))
                     .__maskddp_touch_call("forward")
             })
                 .forward(h)
     }
     fn masks(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
         (*{
-            use ::maskddp::__private::{TouchNested as _, TouchPlain as _};
-            (&&::maskddp::__private::Field::<
+            use ::maskddp::__private::{
+                ModuleRef as _, TouchNested as _, TouchPlain as _, TouchSlice as _,
+            };
+            (&&&::maskddp::__private::Field::<
                 <Self as ::maskddp::__private::ModelBackend>::Backend,
                 _,
-            >::new(&self.mask_head))
+            >::new((&self.mask_head).__maskddp_module_ref()))
                 .__maskddp_touch_call("forward")
         })
             .forward(h)

@@ -13,8 +13,6 @@
 //! and the impl's expansion calls it by name (`__maskddp_model_Detector!`),
 //! so `ddp_model_impl` sees both items, with their spans, and does the work.
 
-use std::collections::BTreeSet;
-
 use proc_macro2::TokenStream;
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::parse::{Parse, ParseStream};
@@ -230,28 +228,21 @@ pub(crate) fn ddp_model_impl(input: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     let args = ImplArgs::parse(&cx, args);
     let fields = FieldTable::from_model(&model);
-    let mut usage = analysis::analyse(&cx, &fields, &imp);
-    if let Some(usage) = &mut usage {
-        check::check_usage(&cx, &model, usage);
-        check::apply_frozen(&model, usage);
+    let mut marked = imp.clone();
+    let mut analysis = analysis::analyse(&cx, &fields, &mut marked);
+    if let Some(analysis) = &mut analysis {
+        // An error that hid uses (`self` as a whole, a macro) would make
+        // "never used" verdicts wrong: report only the hiding error.
+        if !analysis.opaque {
+            check::check_usage(&cx, &model, &analysis.usage);
+        }
+        check::apply_frozen(&model, &mut analysis.usage);
     }
-    let conditional: BTreeSet<usize> = usage
-        .iter()
-        .flatten()
-        .enumerate()
-        .filter(|(_, u)| matches!(u, FieldUsage::Conditional(_)))
-        .map(|(i, _)| i)
-        .collect();
-    let used: BTreeSet<usize> = usage
-        .iter()
-        .flatten()
-        .enumerate()
-        .filter(|(_, u)| !matches!(u, FieldUsage::Never))
-        .map(|(i, _)| i)
-        .collect();
-    let instrumented = instrument::instrument_impl(&cx, &fields, &conditional, &used, &imp);
-    match (cx.check(), usage) {
-        (Ok(()), Some(usage)) => {
+    match (cx.check(), analysis) {
+        (Ok(()), Some(analysis)) => {
+            let usage = analysis.usage;
+            let instrumented =
+                instrument::instrument_impl(&fields, &analysis.sites, &usage, marked);
             let trait_impl = ddp_model_trait_impl(&model, &imp, Some(&usage));
             let report = args.report.map(|ident| report(&model, &usage, &ident));
             quote! {

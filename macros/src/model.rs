@@ -195,7 +195,8 @@ fn holds_params(field: &syn::Field, backend: Option<&Ident>, generics: &[(Ident,
             skip
         }
     });
-    if skipped {
+    // `PhantomData<B>` mentions the backend but holds nothing.
+    if skipped || last_ident(&field.ty).is_some_and(|l| l == "PhantomData") {
         return false;
     }
     let mut mentions = Mentions {

@@ -1,10 +1,13 @@
 //! Support for the code `#[ddp_model]` generates. Not public API.
 //!
-//! Nested models are told apart from plain burn modules by autoref
-//! specialization: the `&&Field` impl applies only when the field's type
-//! implements [`DdpModel`]; otherwise method lookup derefs once and finds the
-//! plain-module impl on `&Field`. The generated call is always
-//! `(&&Field::<Backend, _>::new(&self.field)).__maskddp_…(…)`.
+//! Nested models are told apart from plain burn modules, and both from
+//! slices of modules, by autoref specialization: the `&&&Field` impl applies
+//! only when the value's type implements [`DdpModel`]; otherwise method
+//! lookup derefs once and finds the plain-module impl on `&&Field`, and once
+//! more for the slice impl on `&Field`. The generated touch is always
+//! `(&&&Field::<Backend, _>::new(value)).__maskddp_…(…)`, where `value` is
+//! `&self.field`, `&self.field[i]` or a binding's value normalised by
+//! [`ModuleRef`].
 
 use core::marker::PhantomData;
 
@@ -30,14 +33,39 @@ pub trait ModelBackend {
     type Backend: Backend;
 }
 
-/// A field of a model, seen from generated code.
+/// A field of a model (or a part of one: an element, a slice of elements),
+/// seen from generated code.
 #[allow(missing_debug_implementations)]
-pub struct Field<'a, B, M>(&'a M, PhantomData<B>);
+pub struct Field<'a, B, M: ?Sized>(&'a M, PhantomData<B>);
 
-impl<'a, B, M> Field<'a, B, M> {
+impl<'a, B, M: ?Sized> Field<'a, B, M> {
     /// Wraps a reference to a field.
     pub fn new(module: &'a M) -> Self {
         Field(module, PhantomData)
+    }
+}
+
+/// Strips any number of references from a value the analysis knows to be a
+/// module or a slice of modules (a binding of `&&Expert` in a `filter`
+/// closure, `&Linear` from `if let Some(p) = &self.proj`): method lookup
+/// derefs until it reaches the module, so `(&value).__maskddp_module_ref()`
+/// is `&M` or `&[M]` whatever the binding's reference depth.
+pub trait ModuleRef<B> {
+    #[allow(missing_docs)]
+    fn __maskddp_module_ref(&self) -> &Self;
+}
+
+impl<B: Backend, M: Module<B>> ModuleRef<B> for M {
+    #[inline(always)]
+    fn __maskddp_module_ref(&self) -> &Self {
+        self
+    }
+}
+
+impl<B: Backend, M: Module<B>> ModuleRef<B> for [M] {
+    #[inline(always)]
+    fn __maskddp_module_ref(&self) -> &Self {
+        self
     }
 }
 
@@ -73,7 +101,7 @@ pub trait TouchNested<'a, M> {
     fn __maskddp_touch_always(self) -> &'a M;
 }
 
-impl<'a, B: Backend, M: DdpModel<B>> TouchNested<'a, M> for &&Field<'a, B, M> {
+impl<'a, B: Backend, M: DdpModel<B>> TouchNested<'a, M> for &&&Field<'a, B, M> {
     #[inline]
     fn __maskddp_touch_call(self, method: &str) -> &'a M {
         if !M::instruments(method) {
@@ -119,7 +147,7 @@ pub trait TouchPlain<'a, M> {
     fn __maskddp_touch_always(self) -> &'a M;
 }
 
-impl<'a, B: Backend, M: Module<B>> TouchPlain<'a, M> for &Field<'a, B, M> {
+impl<'a, B: Backend, M: Module<B>> TouchPlain<'a, M> for &&Field<'a, B, M> {
     #[inline]
     fn __maskddp_touch_call(self, _method: &str) -> &'a M {
         record_module::<B, M>(self.0);
@@ -140,6 +168,47 @@ impl<'a, B: Backend, M: Module<B>> TouchPlain<'a, M> for &Field<'a, B, M> {
     #[inline(always)]
     fn __maskddp_touch_always(self) -> &'a M {
         self.0
+    }
+}
+
+/// See [`TouchNested`]: a slice of modules (`&self.experts[a..b]`, or an
+/// index held in a variable that turns out to be a range) records every
+/// parameter of its elements when used conditionally. Used on every path,
+/// it records them too: its elements may be nested models whose own
+/// conditional parameters a plain slice cannot tell apart.
+pub trait TouchSlice<'a, M: ?Sized> {
+    #[allow(missing_docs)]
+    fn __maskddp_touch_call(self, method: &str) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch_call_always(self, method: &str) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch(self) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch_always(self) -> &'a M;
+}
+
+impl<'a, B: Backend, M: Module<B>> TouchSlice<'a, [M]> for &Field<'a, B, [M]> {
+    #[inline]
+    fn __maskddp_touch_call(self, _method: &str) -> &'a [M] {
+        self.__maskddp_touch()
+    }
+
+    #[inline]
+    fn __maskddp_touch_call_always(self, _method: &str) -> &'a [M] {
+        self.__maskddp_touch()
+    }
+
+    #[inline]
+    fn __maskddp_touch(self) -> &'a [M] {
+        for module in self.0 {
+            record_module::<B, M>(module);
+        }
+        self.0
+    }
+
+    #[inline]
+    fn __maskddp_touch_always(self) -> &'a [M] {
+        self.__maskddp_touch()
     }
 }
 

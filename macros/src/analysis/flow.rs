@@ -1,5 +1,7 @@
 //! The walk over one method body: a forward "must use" dataflow over the
-//! control flow, plus the may-use set with guard texts.
+//! control flow, plus the may-use set with guard texts. What a use is was
+//! decided by the value tracker ([`super::sites`]), which marked each
+//! consumption with its site; this walk only places the marks on paths.
 //!
 //! `flow` is the set of fields used on every path reaching the current point
 //! (`None`: the point is unreachable, e.g. after `return`). Branches start from
@@ -15,32 +17,11 @@ use quote::ToTokens;
 use syn::{Block, Expr, ExprMethodCall, ImplItemFn, Stmt};
 
 use super::render::{clip, render_tokens};
+use super::sites::{self, Site};
 use super::{FieldSet, FieldTable, Methods, Summary};
 use crate::attr;
 use crate::ctxt::Ctxt;
 
-/// Methods that read a container's shape, not its parameters.
-const NON_USE: &[&str] = &["len", "is_empty", "is_some", "is_none", "num_params"];
-/// Methods that pick some elements of a `Vec`/`Option` field.
-const SUBSET: &[&str] = &["get", "first", "last", "split_first", "split_last"];
-/// Iterator adaptors that visit a subset of the elements.
-const SUBSET_ADAPTORS: &[&str] = &[
-    "take",
-    "skip",
-    "step_by",
-    "nth",
-    "filter",
-    "find",
-    "take_while",
-    "skip_while",
-    "map_while",
-    "position",
-    "any",
-    "all",
-    "next",
-    "last",
-    "find_map",
-];
 /// Macros that never return.
 const DIVERGING_MACROS: &[&str] = &["panic", "unreachable", "todo", "unimplemented"];
 
@@ -56,6 +37,7 @@ struct Frame {
 
 struct Walker<'a> {
     fields: &'a FieldTable,
+    sites: &'a [Site],
     methods: &'a Methods<'a>,
     summaries: &'a std::collections::BTreeMap<String, Summary>,
     diag: Option<&'a Ctxt>,
@@ -67,19 +49,23 @@ struct Walker<'a> {
     summary: Summary,
     callees: BTreeSet<String>,
     method_name: String,
+    /// An error that hides uses (`self` as a whole, a macro) was reported.
+    opaque: bool,
 }
 
 /// Walks one method; returns its summary and the methods it calls.
 /// With `diag`, constructs the analysis cannot see through are reported.
 pub(super) fn walk_method(
     fields: &FieldTable,
+    sites: &[Site],
     methods: &Methods<'_>,
     summaries: &std::collections::BTreeMap<String, Summary>,
     diag: Option<&Ctxt>,
     f: &ImplItemFn,
-) -> (Summary, BTreeSet<String>) {
+) -> Walked {
     let mut w = Walker {
         fields,
+        sites,
         methods,
         summaries,
         diag,
@@ -91,14 +77,25 @@ pub(super) fn walk_method(
         summary: Summary::default(),
         callees: BTreeSet::new(),
         method_name: f.sig.ident.to_string(),
+        opaque: false,
     };
     w.block(&f.block);
-    if let Some(Stmt::Expr(tail, None)) = f.block.stmts.last() {
-        w.check_escape(tail);
-    }
     let end = meet(w.flow.take(), w.exits.take());
     w.summary.always = end.unwrap_or_else(|| (0..fields.params.len()).collect());
-    (w.summary, w.callees)
+    Walked {
+        summary: w.summary,
+        callees: w.callees,
+        opaque: w.opaque,
+    }
+}
+
+/// What walking one method found.
+pub(super) struct Walked {
+    pub(super) summary: Summary,
+    /// The methods of the block it calls.
+    pub(super) callees: BTreeSet<String>,
+    /// Whether an error hid some of its uses (no "never used" errors then).
+    pub(super) opaque: bool,
 }
 
 fn meet(a: Option<FieldSet>, b: Option<FieldSet>) -> Option<FieldSet> {
@@ -127,7 +124,8 @@ pub(crate) fn mentions_self(tokens: TokenStream) -> bool {
 }
 
 impl Walker<'_> {
-    fn error(&self, span_of: impl ToTokens, msg: String) {
+    fn error(&mut self, span_of: impl ToTokens, msg: String) {
+        self.opaque = true;
         if let Some(cx) = self.diag {
             cx.error_spanned_by(span_of, msg);
         }
@@ -147,26 +145,22 @@ impl Walker<'_> {
         }
     }
 
-    /// The whole field is used here.
-    fn use_whole(&mut self, field: usize) {
-        self.note_use(field, self.reason());
-        if let Some(flow) = &mut self.flow {
-            flow.insert(field);
+    /// Site `n` (a consumption the value tracker marked) runs here.
+    fn use_site(&mut self, n: usize) {
+        let Some(site) = self.sites.get(n) else {
+            return;
+        };
+        let reason = self.reason();
+        for (&field, &whole) in &site.roots {
+            // A part (`self.experts[i]`, an element of a loop) is a use of
+            // the field, never one on every path.
+            let reason = reason
+                .clone()
+                .or_else(|| (!whole).then(|| site.text.clone()));
+            self.note_use(field, reason);
         }
-    }
-
-    /// Some elements of the field are used here (`self.experts[i]`): never
-    /// counts as an always-use of the field.
-    fn use_part(&mut self, field: usize, text: String) {
-        self.note_use(field, Some(text));
-    }
-
-    /// The parameter field `self.f` denotes, if any.
-    fn self_field(&self, expr: &Expr) -> Option<usize> {
-        match expr {
-            Expr::Field(f) if is_self(&f.base) => self.fields.param(&f.member),
-            Expr::Paren(p) => self.self_field(&p.expr),
-            _ => None,
+        if let Some(flow) = &mut self.flow {
+            flow.extend(site.whole_fields());
         }
     }
 
@@ -224,20 +218,14 @@ impl Walker<'_> {
 
     fn stmt(&mut self, stmt: &Stmt) {
         let attrs = attr::stmt_attrs(stmt);
-        if attrs.iter().any(attr::is_ddp) {
-            // The user states what the statement uses; we do not look inside.
-            match attr::stmt_uses(attrs) {
-                Ok(members) => {
-                    for member in members.unwrap_or_default() {
-                        if let Some(field) = self.fields.param(&member) {
-                            self.use_whole(field);
-                        }
-                    }
-                }
-                // The malformed attribute is reported elsewhere; counting
-                // every field as used keeps "never used" errors from piling on.
-                Err(_) => (0..self.fields.params.len()).for_each(|f| self.use_whole(f)),
-            }
+        if sites::is_opaque(attrs) {
+            // `#[ddp(uses(..))]`: the statement before it stands for it.
+            return;
+        }
+        if let Stmt::Macro(m) = stmt
+            && let Some(n) = sites::stated_site(&m.mac)
+        {
+            self.use_site(n);
             return;
         }
         if let Some(cfg) = attrs.iter().find(|a| attr::is_cfg(a)) {
@@ -281,8 +269,6 @@ impl Walker<'_> {
                          values outside the macro and pass them in"
                     ),
                 );
-                // Keeps "never used" errors from piling on this one.
-                (0..self.fields.params.len()).for_each(|f| self.use_whole(f));
             }
             Stmt::Item(_) => {}
             Stmt::Expr(expr, _) => self.expr(expr),
@@ -291,6 +277,14 @@ impl Walker<'_> {
     }
 
     fn expr(&mut self, expr: &Expr) {
+        self.expr_inner(expr);
+        // After the operands: a `?` or `return` among them exits first.
+        if let Some(n) = sites::site_of(attr::expr_attrs(expr)) {
+            self.use_site(n);
+        }
+    }
+
+    fn expr_inner(&mut self, expr: &Expr) {
         match expr {
             Expr::Array(e) => e.elems.iter().for_each(|x| self.expr(x)),
             Expr::Assign(e) => {
@@ -346,12 +340,10 @@ impl Walker<'_> {
             }
             Expr::Const(_) | Expr::Infer(_) | Expr::Lit(_) => {}
             Expr::Continue(_) => self.flow = None,
+            // `self.f` itself is no use: the tracker marked where its value
+            // is consumed.
             Expr::Field(e) => {
-                if is_self(&e.base) {
-                    if let Some(field) = self.fields.param(&e.member) {
-                        self.use_whole(field);
-                    }
-                } else {
+                if !is_self(&e.base) {
                     self.expr(&e.base);
                 }
             }
@@ -390,10 +382,7 @@ impl Walker<'_> {
             }
             Expr::Index(e) => {
                 self.expr(&e.index);
-                match self.self_field(&e.expr) {
-                    Some(field) => self.use_part(field, render_tokens(e)),
-                    None => self.expr(&e.expr),
-                }
+                self.expr(&e.expr);
             }
             Expr::Let(e) => self.expr(&e.expr),
             Expr::Loop(e) => {
@@ -451,7 +440,6 @@ impl Walker<'_> {
             }
             Expr::Return(e) => {
                 if let Some(value) = &e.expr {
-                    self.check_escape(value);
                     self.expr(value);
                 }
                 self.exit_here("after an early `return`".to_owned());
@@ -545,51 +533,13 @@ impl Walker<'_> {
     }
 
     fn method_call(&mut self, e: &ExprMethodCall) {
-        // `a.b().c()`: chain[0] is the call made on the innermost receiver.
-        let mut chain = vec![e];
-        let mut base = &*e.receiver;
-        while let Expr::MethodCall(inner) = base {
-            chain.push(inner);
-            base = &inner.receiver;
-        }
-        chain.reverse();
-        let walk_args = |w: &mut Self, calls: &[&ExprMethodCall]| {
-            for call in calls {
-                for arg in &call.args {
-                    w.expr(arg);
-                }
-            }
-        };
-        if is_self(base) {
-            let first = chain[0];
-            walk_args(self, &chain[..1]);
-            self.self_call(&first.method.to_string(), first);
-            walk_args(self, &chain[1..]);
+        if is_self(&e.receiver) {
+            e.args.iter().for_each(|arg| self.expr(arg));
+            self.self_call(&e.method.to_string(), e);
             return;
         }
-        if let Some(field) = self.self_field(base) {
-            let first = chain[0].method.to_string();
-            walk_args(self, &chain);
-            if NON_USE.contains(&first.as_str()) {
-                return;
-            }
-            let subset = if SUBSET.contains(&first.as_str()) {
-                Some(0)
-            } else if first == "iter" || first == "into_iter" {
-                chain
-                    .iter()
-                    .position(|c| SUBSET_ADAPTORS.contains(&c.method.to_string().as_str()))
-            } else {
-                None
-            };
-            match subset {
-                Some(k) => self.use_part(field, render_tokens(chain[k])),
-                None => self.use_whole(field),
-            }
-            return;
-        }
-        self.expr(base);
-        walk_args(self, &chain);
+        self.expr(&e.receiver);
+        e.args.iter().for_each(|arg| self.expr(arg));
     }
 
     /// A call of `name` on `self`, at `site`.
@@ -662,26 +612,5 @@ impl Walker<'_> {
             Some(TokenTree::Group(g)) if g.delimiter() == proc_macro2::Delimiter::Parenthesis
         );
         dot && field && !called
-    }
-
-    /// A closure returned from a method would run after the usage scope.
-    fn check_escape(&self, value: &Expr) {
-        let inner = match value {
-            Expr::Call(c) if c.args.len() == 1 => &c.args[0],
-            other => other,
-        };
-        if matches!(inner, Expr::Closure(_) | Expr::Async(_))
-            && mentions_self(inner.to_token_stream())
-        {
-            self.error(
-                inner,
-                format!(
-                    "this closure captures `self` and escapes `{}`; parameters it uses later \
-                     are not recorded by the usage scope of the forward pass\n\
-                     help: call the closure inside `{}`, or return the values it computes",
-                    self.method_name, self.method_name
-                ),
-            );
-        }
     }
 }

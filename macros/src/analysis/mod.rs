@@ -1,7 +1,9 @@
 //! Which parameter fields `forward` uses on every path, on some paths, or
 //! never. Pure functions over syn nodes; diagnostics go to a [`Ctxt`].
 //!
-//! Each method of the annotated impl block gets a [`Summary`]: the fields it
+//! First the value tracker ([`sites`]) marks, in a copy of the impl block,
+//! every place where a value derived from a parameter field is consumed.
+//! Then each method of the annotated impl block gets a [`Summary`]: the fields it
 //! uses on every path to its exits (a "must" set, computed forward over the
 //! control flow and intersected at joins and early exits) and every field it
 //! may use (with the guard text of the first conditional use). Calls to other
@@ -11,6 +13,7 @@
 
 mod flow;
 pub(crate) mod render;
+pub(crate) mod sites;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -19,7 +22,7 @@ use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, Member};
 use crate::ctxt::Ctxt;
 use crate::model::{Model, member_name};
 
-pub(crate) use flow::is_self;
+pub(crate) use sites::Site;
 
 /// Field indices, into [`FieldTable::params`].
 pub(crate) type FieldSet = BTreeSet<usize>;
@@ -102,23 +105,47 @@ pub(crate) fn takes_ref_self(f: &ImplItemFn) -> bool {
     })
 }
 
-/// Classifies every parameter field by what `forward` does with it. Returns
-/// `None` (after reporting) when the block has no usable `forward`.
-pub(crate) fn analyse(cx: &Ctxt, fields: &FieldTable, imp: &ItemImpl) -> Option<Vec<FieldUsage>> {
+/// What the analysis found in an impl block.
+pub(crate) struct Analysis {
+    /// Per parameter field.
+    pub(crate) usage: Vec<FieldUsage>,
+    /// The consumption sites `imp` (as passed to [`analyse`]) is marked with.
+    pub(crate) sites: Vec<Site>,
+    /// Whether an error hid uses: "never used" verdicts are then unreliable.
+    pub(crate) opaque: bool,
+}
+
+/// Marks the consumption sites of `imp` in place and classifies every
+/// parameter field by what `forward` does with it. Returns `None` (after
+/// reporting) when the block has no usable `forward`.
+pub(crate) fn analyse(cx: &Ctxt, fields: &FieldTable, imp: &mut ItemImpl) -> Option<Analysis> {
+    let marked = imp.items.iter_mut().filter_map(|item| match item {
+        ImplItem::Fn(f) if takes_ref_self(f) => Some(f),
+        _ => None,
+    });
+    let sites::Marked { sites, opaque } = sites::mark_methods(cx, fields, marked);
     let methods = methods(imp);
     if !methods.contains_key("forward") {
         report_missing_forward(cx, imp);
         return None;
     }
-    let summaries = fixpoint(fields, &methods);
+    let summaries = fixpoint(fields, &sites, &methods);
 
     // Diagnose what `forward` can reach, once each.
     let mut reachable = vec!["forward".to_owned()];
     let mut seen: HashSet<String> = reachable.iter().cloned().collect();
+    let mut opaque = opaque;
     while let Some(name) = reachable.pop() {
-        let (_, callees) =
-            flow::walk_method(fields, &methods, &summaries, Some(cx), methods[&name]);
-        for callee in callees {
+        let walked = flow::walk_method(
+            fields,
+            &sites,
+            &methods,
+            &summaries,
+            Some(cx),
+            methods[&name],
+        );
+        opaque |= walked.opaque;
+        for callee in walked.callees {
             if seen.insert(callee.clone()) {
                 reachable.push(callee);
             }
@@ -126,7 +153,11 @@ pub(crate) fn analyse(cx: &Ctxt, fields: &FieldTable, imp: &ItemImpl) -> Option<
     }
 
     let forward = &summaries["forward"];
-    Some(classify(fields, forward))
+    Some(Analysis {
+        usage: classify(fields, forward),
+        sites,
+        opaque,
+    })
 }
 
 fn classify(fields: &FieldTable, forward: &Summary) -> Vec<FieldUsage> {
@@ -143,7 +174,11 @@ fn classify(fields: &FieldTable, forward: &Summary) -> Vec<FieldUsage> {
         .collect()
 }
 
-fn fixpoint(fields: &FieldTable, methods: &Methods<'_>) -> BTreeMap<String, Summary> {
+fn fixpoint(
+    fields: &FieldTable,
+    sites: &[Site],
+    methods: &Methods<'_>,
+) -> BTreeMap<String, Summary> {
     let all: FieldSet = (0..fields.params.len()).collect();
     let mut summaries: BTreeMap<String, Summary> = methods
         .keys()
@@ -163,7 +198,7 @@ fn fixpoint(fields: &FieldTable, methods: &Methods<'_>) -> BTreeMap<String, Summ
     for _ in 0..bound {
         let mut changed = false;
         for (name, f) in methods {
-            let (summary, _) = flow::walk_method(fields, methods, &summaries, None, f);
+            let summary = flow::walk_method(fields, sites, methods, &summaries, None, f).summary;
             if summaries[name] != summary {
                 summaries.insert(name.clone(), summary);
                 changed = true;

@@ -38,10 +38,26 @@ pub(crate) fn render_tokens<T: quote::ToTokens>(node: &T) -> String {
     render(node.to_token_stream())
 }
 
+/// Whether `tt` is the bracket group of a mark the value tracker put on an
+/// expression (`#[__maskddp_site(3)]`): never shown to users.
+fn is_mark(tt: Option<&TokenTree>) -> bool {
+    match tt {
+        Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Bracket => {
+            matches!(g.stream().into_iter().next(),
+                Some(TokenTree::Ident(i)) if i == crate::analysis::sites::SITE_ATTR)
+        }
+        _ => false,
+    }
+}
+
 fn render_into(tokens: TokenStream, out: &mut String) {
     let mut last = Last::Start;
     let mut iter = tokens.into_iter().peekable();
     while let Some(tt) = iter.next() {
+        if matches!(&tt, TokenTree::Punct(p) if p.as_char() == '#') && is_mark(iter.peek()) {
+            iter.next();
+            continue;
+        }
         match tt {
             TokenTree::Ident(ident) => {
                 if matches!(last, Last::Word | Last::Keyword | Last::Op) {

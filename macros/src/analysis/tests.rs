@@ -25,7 +25,10 @@ fn run(imp: ItemImpl) -> (Vec<(String, FieldUsage)>, Vec<String>) {
     let cx = Ctxt::new();
     let model = Model::from_struct(&cx, &strukt).expect("model");
     let fields = FieldTable::from_model(&model);
-    let usage = analyse(&cx, &fields, &imp).unwrap_or_default();
+    let mut imp = imp;
+    let usage = analyse(&cx, &fields, &mut imp)
+        .map(|a| a.usage)
+        .unwrap_or_default();
     let errors = match cx.check() {
         Ok(()) => Vec::new(),
         Err(err) => err.into_iter().map(|e| e.to_string()).collect(),
@@ -228,18 +231,19 @@ fn dynamic_index_and_subsets_are_conditional() {
             }
         }
     });
-    assert_eq!(of(&v, "experts"), cond("self.experts.get(k)"));
+    assert_eq!(of(&v, "experts"), cond("self.experts.get(k).unwrap()"));
     let v = verdicts(parse_quote! {
         impl<B: Backend> Net<B> {
             fn forward(&self, x: T) -> T {
-                // Iterating over all of them: every expert is reduced every step.
+                // Iterating over all of them: each is recorded as it is
+                // used (the loop may stop early or run zero times).
                 let mut x = x;
                 for e in self.experts.iter() { x = e.forward(x); }
                 x
             }
         }
     });
-    assert_eq!(of(&v, "experts"), Always);
+    assert_eq!(of(&v, "experts"), cond("for e in self.experts.iter()"));
 }
 
 #[test]
@@ -369,4 +373,115 @@ fn macro_rules_in_a_body_using_self_is_an_error() {
         errors[0].starts_with("`#[ddp_model]` cannot follow `head!` to where it expands"),
         "{errors:#?}"
     );
+}
+
+fn errors(imp: ItemImpl) -> Vec<String> {
+    run(imp).1
+}
+
+#[test]
+fn async_forward_is_an_error() {
+    let errs = errors(parse_quote! {
+        impl<B: Backend> Net<B> {
+            async fn forward(&self, x: T) -> T { self.a.forward(x) }
+        }
+    });
+    assert!(
+        errs.iter().any(|e| e.contains("`forward` is `async`")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn field_through_deref_is_an_error_without_cascade() {
+    let errs = errors(parse_quote! {
+        impl<B: Backend> Net<B> {
+            fn forward(&self, x: T) -> T { self.hidden.forward(x) }
+        }
+    });
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("`Net` has no field `hidden`"), "{errs:?}");
+}
+
+#[test]
+fn escapes_from_forward_are_errors() {
+    let errs = errors(parse_quote! {
+        impl<B: Backend> Net<B> {
+            fn forward(&self, xs: Vec<T>) -> impl Iterator<Item = T> + '_ {
+                let _ = (self.b.forward(x), self.c.forward(x), self.experts[0].forward(x));
+                xs.into_iter().map(move |x| self.a.forward(x))
+            }
+        }
+    });
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("this iterator runs a closure")),
+        "{errs:?}"
+    );
+    let errs = errors(parse_quote! {
+        impl<B: Backend> Net<B> {
+            fn forward(&self) -> &Linear<B> {
+                let _ = (self.b.forward(x), self.c.forward(x), self.experts[0].forward(x));
+                &self.a
+            }
+        }
+    });
+    assert!(
+        errs.iter().any(|e| e.contains("borrowed from `self.a`")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn threads_are_errors() {
+    let errs = errors(parse_quote! {
+        impl<B: Backend> Net<B> {
+            fn forward(&self, x: T) -> T {
+                let _ = (self.b.forward(x), self.c.forward(x), self.experts[0].forward(x));
+                std::thread::scope(|s| s.spawn(|| self.a.forward(x)).join().unwrap())
+            }
+        }
+    });
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("`spawn` runs this on another thread")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn values_are_followed_to_their_consumption() {
+    let v = verdicts(parse_quote! {
+        impl<B: Backend> Net<B> {
+            fn forward(&self, x: T, mask: Vec<bool>, c: bool) -> T {
+                let head = &self.a;
+                let y = self.b.forward(x);
+                let y = if c { head.forward(y) } else { y };
+                let mut out = y;
+                for (i, e) in self.experts.iter().enumerate() {
+                    if mask[i] { out = e.forward(out); }
+                }
+                match (&self.c, c) {
+                    (c, true) => c.forward(out),
+                    _ => out,
+                }
+            }
+        }
+    });
+    assert_eq!(of(&v, "a"), cond("if c"));
+    assert_eq!(of(&v, "b"), Always);
+    assert_eq!(of(&v, "c"), cond("match (&self.c, c) => (c, true)"));
+    assert_eq!(of(&v, "experts"), cond("if mask[i]"));
+}
+
+#[test]
+fn parameter_free_phantom_data_is_never_never_used() {
+    let strukt: ItemStruct = parse_quote! {
+        struct S<B: Backend> { lin: Linear<B>, marker: PhantomData<B> }
+    };
+    let cx = Ctxt::new();
+    let model = Model::from_struct(&cx, &strukt).expect("model");
+    let holds: Vec<bool> = model.fields.iter().map(|f| f.holds_params).collect();
+    cx.check().expect("no errors");
+    assert_eq!(holds, [true, false]);
 }

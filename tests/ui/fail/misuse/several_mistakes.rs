@@ -15,7 +15,8 @@ pub struct Net<B: Backend> {
 impl<B: Backend> Net<B> {
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let y = self.head.forward(x);
-        let _copy = self.clone();
+        #[ddp(uses(missing))]
+        let _z = 1;
         y
     }
 }
