@@ -61,7 +61,7 @@ impl<B: Backend> IndexNet<B> {
     }
 }
 
-fn parts(device: &<B as Backend>::Device) -> (Linear<B>, Vec<Linear<B>>) {
+fn parts(device: &burn::tensor::Device<B>) -> (Linear<B>, Vec<Linear<B>>) {
     let linear = || LinearConfig::new(WIDTH, WIDTH).init(device);
     (linear(), (0..EXPERTS).map(|_| linear()).collect())
 }
@@ -92,7 +92,10 @@ fn loop_and_index_forms_plan_and_record_the_same() {
         experts: experts.clone(),
     };
     let indexed = IndexNet { trunk, experts };
-    assert_eq!(looped.usage_plan().usage(), indexed.usage_plan().usage());
+    let always = |plan: maskddp::UsagePlan| -> Vec<bool> {
+        plan.usage().iter().map(|u| *u == Usage::Always).collect()
+    };
+    assert_eq!(always(looped.usage_plan()), always(indexed.usage_plan()));
     assert_eq!(
         looped.usage_plan().usage()[2],
         Usage::Conditional {
