@@ -13,6 +13,15 @@
 //!   macro naming a binding. Those record the whole value (bytes only: the
 //!   reducer's result follows the real gradients).
 
+
+// The constructs under test are written the way users write them.
+#![allow(
+    clippy::iter_nth,
+    clippy::needless_borrow,
+    clippy::while_let_on_iterator,
+    clippy::get_first
+)]
+
 use std::collections::BTreeSet;
 
 use burn::backend::{Autodiff, NdArray};
