@@ -13,7 +13,6 @@
 //!   macro naming a binding. Those record the whole value (bytes only: the
 //!   reducer's result follows the real gradients).
 
-
 // The constructs under test are written the way users write them.
 #![allow(
     clippy::iter_nth,
