@@ -1,11 +1,13 @@
 //! Benchmarks of maskddp (SPEC §7): the mask-aware reducer against a dense
 //! all-reduce of the same model, against the memory-bandwidth bound of the
-//! machine, and the cost of usage recording per forward.
+//! machine, the cost of usage recording per forward, and the cost of the
+//! non-finite checks.
 //!
 //! ```text
 //! cargo bench --bench reducer              # full run (about a minute on 2 cores)
 //! cargo bench --bench reducer -- --quick   # fewer steps and repetitions
 //! cargo bench --bench reducer -- --only 3  # only the recording benchmark
+//! cargo bench --bench reducer -- --only 4  # only the non-finite checks
 //! ```
 //!
 //! Every number is reported as a ratio against a baseline measured in the same
@@ -25,8 +27,8 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use maskddp::{
-    Collective, DdpModel, Op, Reducer, ReducerConfig, StepStats, Tag, ThreadCollective,
-    ThreadGroup, UsageRecord, WireBuf, ddp_model,
+    Collective, DdpModel, NonFinite, Op, PlanBuilder, Reducer, ReducerConfig, StepStats, Tag,
+    ThreadCollective, ThreadGroup, UsageRecord, WireBuf, WireFormat, ddp_model,
 };
 
 type Ad = Autodiff<NdArray>;
@@ -95,9 +97,10 @@ impl<B: Backend> MoeNet<B> {
 }
 
 /// The same parameters, but `forward` runs every expert and the head on every
-/// path: the plan has no conditional slot, so the reducer skips the usage
-/// exchange and all-reduces every gradient — a plain dense all-reduce.
-#[ddp_model]
+/// path, and the plan says so: every slot is always used (a hand-written
+/// plan, independent of how the macro classifies a loop over the experts).
+/// The reducer all-reduces every gradient — a plain dense all-reduce, after
+/// the small exchange of gradient counts every step pays.
 #[derive(Module, Debug)]
 pub struct DenseMoeNet<B: Backend> {
     encoder: Linear<B>,
@@ -106,7 +109,14 @@ pub struct DenseMoeNet<B: Backend> {
     act: Relu,
 }
 
-#[ddp_model]
+impl<B: Backend> DdpModel<B> for DenseMoeNet<B> {
+    fn build_plan(&self, plan: &mut PlanBuilder) {
+        plan.always::<B, _>(self);
+    }
+
+    fn record_always_used(&self) {}
+}
+
 impl<B: Backend> DenseMoeNet<B> {
     pub fn new(hidden: usize, experts: usize, device: &B::Device) -> Self {
         Self {
@@ -216,7 +226,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "usage: cargo bench --bench reducer [-- [--quick] [--only 1|2|3]]\n  \
+            "usage: cargo bench --bench reducer [-- [--quick] [--only 1|2|3|4]]\n  \
              --quick   fewer steps and repetitions\n  \
              --only N  run only section N (1 and 2 run together)"
         );
@@ -246,6 +256,9 @@ fn main() {
     if only.is_none_or(|v| v == "3") {
         bench_recording(&settings);
     }
+    if only.is_none_or(|v| v == "4") {
+        bench_non_finite(&settings);
+    }
     println!(
         "\ntotal benchmark time {:.1?}; load average at end: {}",
         started.elapsed(),
@@ -273,7 +286,7 @@ enum Variant {
     /// `MoeNet`, every rank runs every expert and the head: same reducer,
     /// same plan, everything used, so it reduces everything.
     AllUsed,
-    /// `DenseMoeNet`: no conditional slot at all, no usage exchange.
+    /// `DenseMoeNet`: no conditional slot at all.
     DensePlan,
 }
 
@@ -523,7 +536,7 @@ fn bench_reducer(settings: &Settings) -> Vec<CaseResult> {
     let mean_buckets = mean(results.iter().map(|r| r.buckets));
     println!(
         "(dense_bytes per step {dense:.3} MiB; mean {mean_buckets:.2} bucket(s) per step; \
-         'sent' includes the usage exchange: {:.0} B for MoeNet, 0 for the dense plan)",
+         'sent' includes the exchange of gradient counts: {:.0} B per step, every variant)",
         results
             .iter()
             .find(|r| r.variant == Variant::MaskAware)
@@ -852,5 +865,156 @@ fn bench_recording(settings: &Settings) {
         "recording one expert (2 ids) inside an open scope: {in_scope:.1} ns per touch \
          (TouchOnly outside any scope: {:.1} ns)",
         touched.0
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. Cost of the non-finite checks
+// ---------------------------------------------------------------------------
+
+/// Per step, one rank's timings of one reducer.
+#[derive(Default)]
+struct CheckRun {
+    wall: Vec<Duration>,
+    /// Packing plus unpacking: where the f32 checks run.
+    pack_unpack: Vec<Duration>,
+    all_reduce: Vec<Duration>,
+}
+
+/// The dense model on `world` ranks, reduced every step by two reducers that
+/// differ only in `non_finite`: `Error` (the default: checks on) and
+/// `Ignore` (no check). Each rank holds both, on two separate thread groups,
+/// and alternates which one goes first, so both see the same machine state.
+/// Returns, per reducer (checked first), every rank's run.
+fn run_check_case(settings: &Settings, world: usize, wire: WireFormat) -> [Vec<CheckRun>; 2] {
+    let settings = *settings;
+    let checked = ThreadGroup::new(world);
+    let unchecked = ThreadGroup::new(world);
+    let handles: Vec<_> = checked
+        .into_iter()
+        .zip(unchecked)
+        .enumerate()
+        .map(|(rank, (checked, unchecked))| {
+            thread::Builder::new()
+                .name(format!("rank-{rank}"))
+                .spawn(move || {
+                    let device = Default::default();
+                    <Ad as Backend>::seed(&device, 11 + rank as u64);
+                    let model = DenseMoeNet::<Ad>::new(settings.hidden, settings.experts, &device);
+                    let config = ReducerConfig::default().with_wire(wire);
+                    let (model, checked) =
+                        Reducer::new(model, checked, config).expect("set-up (checked)");
+                    let config = config.with_non_finite(NonFinite::Ignore);
+                    let (model, unchecked) =
+                        Reducer::new(model, unchecked, config).expect("set-up (unchecked)");
+                    let mut reducers = [checked, unchecked];
+                    let mut runs = [CheckRun::default(), CheckRun::default()];
+                    let x = Tensor::<Ad, 2>::random(
+                        [settings.batch, settings.hidden],
+                        Distribution::Uniform(-1.0, 1.0),
+                        &device,
+                    );
+                    for step in 0..settings.warmup_steps + settings.steps {
+                        for turn in 0..2 {
+                            let which = (step + turn) % 2;
+                            let reducer = &mut reducers[which];
+                            let y = reducer.forward(|| model.forward(x.clone()));
+                            let loss = y.powf_scalar(2.0).mean();
+                            let grads = GradientsParams::from_grads(loss.backward(), &model);
+                            reducer.barrier().expect("barrier");
+                            let start = Instant::now();
+                            let reduced = reducer.reduce(grads).expect("reduce");
+                            let wall = start.elapsed();
+                            drop(black_box(reduced));
+                            if step >= settings.warmup_steps {
+                                let stats = reducer.last_stats();
+                                runs[which].wall.push(wall);
+                                runs[which].pack_unpack.push(stats.pack + stats.unpack);
+                                runs[which].all_reduce.push(stats.all_reduce);
+                            }
+                        }
+                    }
+                    runs
+                })
+                .expect("spawn rank")
+        })
+        .collect();
+    let mut out: [Vec<CheckRun>; 2] = [Vec::new(), Vec::new()];
+    for handle in handles {
+        let [checked, unchecked] = handle.join().expect("rank panicked");
+        out[0].push(checked);
+        out[1].push(unchecked);
+    }
+    out
+}
+
+fn bench_non_finite(settings: &Settings) {
+    let world = 2;
+    let dense = DenseMoeNet::<NdArray>::new(settings.hidden, settings.experts, &Default::default());
+    let dense_bytes = dense.usage_plan().layout().numel() * 4;
+    drop(dense);
+    println!(
+        "\n== 4. cost of the non-finite checks ==\n\
+         DenseMoeNet (every gradient reduced, {nm:.2} MiB of f32), {world} ranks, default \
+         ReducerConfig but the wire; two reducers per rank on two thread groups, \
+         NonFinite::Error (checks on, the default) and NonFinite::Ignore (no check), \
+         alternating which goes first; {w} warm-up + {s} measured steps each; \
+         'reduce' = median of the slowest rank, phases = rank 0's medians; 'ratio' = \
+         median over steps of on/off in the same step\n",
+        nm = mib(dense_bytes as f64),
+        w = settings.warmup_steps,
+        s = settings.steps,
+    );
+    println!(
+        "{:<5} {:>11} {:>11} {:>7}   {:>11} {:>11} {:>7}   {:>11} {:>11} {:>7}",
+        "wire",
+        "reduce on",
+        "reduce off",
+        "ratio",
+        "pk+unpk on",
+        "pk+unpk off",
+        "ratio",
+        "allred on",
+        "allred off",
+        "ratio"
+    );
+    // Steps are paired (the two reducers run back to back), so each ratio is
+    // the median over steps of the per-step ratio: drift of the machine
+    // between steps cancels.
+    let paired = |on: &[Duration], off: &[Duration]| {
+        let mut ratios: Vec<f64> = on
+            .iter()
+            .zip(off)
+            .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios[ratios.len() / 2]
+    };
+    for wire in [WireFormat::F32, WireFormat::F16] {
+        let [on, off] = run_check_case(settings, world, wire);
+        let slowest = |runs: &[CheckRun]| -> Vec<Duration> {
+            (0..runs[0].wall.len())
+                .map(|s| runs.iter().map(|r| r.wall[s]).max().expect("ranks"))
+                .collect()
+        };
+        let (wall_on, wall_off) = (slowest(&on), slowest(&off));
+        println!(
+            "{:<5} {:>11.3} {:>11.3} {:>7.3}   {:>11.3} {:>11.3} {:>7.3}   {:>11.3} {:>11.3} {:>7.3}",
+            wire.to_string(),
+            ms(median(wall_on.clone())),
+            ms(median(wall_off.clone())),
+            paired(&wall_on, &wall_off),
+            ms(median(on[0].pack_unpack.clone())),
+            ms(median(off[0].pack_unpack.clone())),
+            paired(&on[0].pack_unpack, &off[0].pack_unpack),
+            ms(median(on[0].all_reduce.clone())),
+            ms(median(off[0].all_reduce.clone())),
+            paired(&on[0].all_reduce, &off[0].all_reduce),
+        );
+    }
+    println!(
+        "(f32: the local check is fused into packing, the reduced sums are checked while \
+         they are scaled; f16 adds a scan of the converted wire buffer for overflow, inside \
+         the all-reduce phase)"
     );
 }

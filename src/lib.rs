@@ -99,6 +99,14 @@
 //!    loss on every rank gets no gradient, not zeros: the optimizer leaves it,
 //!    and its moment estimates, alone.
 //!
+//! Every gradient's shape is checked against its parameter's, and its values
+//! for NaN and infinities while it is packed, on the rank that produced it
+//! ([`ReducerConfig::non_finite`]: an error naming the rank and the path by
+//! default). A compressed wire never overflows to infinity silently. Call
+//! `reduce` once per step after `reducer.forward`: a `reduce` with no forward
+//! since the previous one is [`DdpError::ReduceWithoutForward`], unless it is
+//! [`Reducer::reduce_without_forward`].
+//!
 //! A rank that panics, returns early or stops arriving makes every other rank
 //! fail with a [`DdpError`] naming the step, the operation and the rank,
 //! within the [`ThreadGroupConfig`] timeout.

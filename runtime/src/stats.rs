@@ -28,6 +28,14 @@ pub struct StepStats {
     pub elements_skipped: usize,
     /// Number of bucket all-reduces.
     pub buckets: usize,
+    /// Parameters whose gradient on this rank held NaN or an infinity, or a
+    /// value the compressed wire format cannot hold (counted under
+    /// [`NonFinite::Warn`](crate::NonFinite::Warn); an error under `Error`).
+    pub non_finite_local: usize,
+    /// Parameters whose reduced gradient holds NaN or an infinity: the same
+    /// on every rank, so every rank can skip the optimizer step alike
+    /// (counted under [`NonFinite::Warn`](crate::NonFinite::Warn)).
+    pub non_finite_reduced: usize,
     /// Taking gradients out of burn and packing buckets.
     pub pack: Duration,
     /// The usage exchange.
@@ -95,7 +103,15 @@ impl fmt::Display for StepStats {
             ms(self.exchange),
             ms(self.all_reduce),
             ms(self.unpack),
-        )
+        )?;
+        if self.non_finite_local + self.non_finite_reduced > 0 {
+            write!(
+                f,
+                "; non-finite gradients: {} param(s) on this rank, {} reduced",
+                self.non_finite_local, self.non_finite_reduced
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -120,6 +136,12 @@ pub struct StatsSummary {
     pub elements_reduced: u64,
     /// Sum of [`StepStats::buckets`].
     pub buckets: u64,
+    /// Sum of [`StepStats::non_finite_local`].
+    pub non_finite_local: u64,
+    /// Sum of [`StepStats::non_finite_reduced`].
+    pub non_finite_reduced: u64,
+    /// Steps with a non-zero [`StepStats::non_finite_reduced`].
+    pub non_finite_steps: u64,
     /// Sum of [`StepStats::pack`].
     pub pack: Duration,
     /// Sum of [`StepStats::exchange`].
@@ -142,6 +164,9 @@ impl StatsSummary {
         self.elements_skipped += step.elements_skipped as u64;
         self.elements_reduced += step.elements_reduced as u64;
         self.buckets += step.buckets as u64;
+        self.non_finite_local += step.non_finite_local as u64;
+        self.non_finite_reduced += step.non_finite_reduced as u64;
+        self.non_finite_steps += u64::from(step.non_finite_reduced > 0);
         self.pack += step.pack;
         self.exchange += step.exchange;
         self.all_reduce += step.all_reduce;
@@ -185,6 +210,14 @@ impl fmt::Display for StatsSummary {
             per_step(self.exchange),
             per_step(self.all_reduce),
             per_step(self.unpack),
-        )
+        )?;
+        if self.non_finite_local + self.non_finite_reduced > 0 {
+            write!(
+                f,
+                "\nnon-finite gradients: {} on this rank, {} reduced, in {} step(s)",
+                self.non_finite_local, self.non_finite_reduced, self.non_finite_steps
+            )?;
+        }
+        Ok(())
     }
 }

@@ -7,6 +7,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
+use super::finite;
+
 /// The highest tensor rank handled.
 pub(crate) const MAX_DIMS: usize = 8;
 
@@ -75,7 +77,22 @@ pub(crate) fn put<B: Backend>(
     ))
 }
 
-/// Copies `data` (any float dtype) into `out` as f32.
+/// Copies `data` (any float dtype) into `out` as f32 and says whether every
+/// value is finite, reading the values once.
+pub(crate) fn copy_f32_checked(data: &TensorData, out: &mut [f32]) -> bool {
+    match data.as_slice::<f32>() {
+        Ok(values) => finite::copy_checked(values, out),
+        Err(_) => {
+            for (out, value) in out.iter_mut().zip(data.iter::<f32>()) {
+                *out = value;
+            }
+            finite::all_finite(out)
+        }
+    }
+}
+
+/// Copies `data` (any float dtype) into `out` as f32. The lengths must
+/// agree (gradient shapes are checked when they are taken out of burn).
 pub(crate) fn copy_f32(data: &TensorData, out: &mut [f32]) {
     match data.as_slice::<f32>() {
         Ok(values) => out.copy_from_slice(values),

@@ -13,12 +13,21 @@
 //! gradient at all (the optimizer leaves them and their state alone) and cost
 //! no bytes.
 //!
+//! Checks on the way, all on data the step reads anyway: each gradient's shape
+//! against its parameter's when it is taken out of burn; NaN and infinities in
+//! this rank's gradients while they are packed (before anything is sent, so
+//! the report names the rank), in a compressed wire buffer right after the
+//! conversion (overflow), and in the reduced sums while they are scaled — see
+//! [`NonFinite`]. A `reduce` with no `forward` since the previous one is an
+//! error unless it is [`Reducer::reduce_without_forward`].
+//!
 //! Known cost: the exchange runs for every step of a world larger than one,
 //! also for a model without conditional slots, where it used to be skipped.
 //! Carrying the counts in band with the first bucket would save that round
 //! trip; it is not done yet. A world of one exchanges nothing.
 
 mod buckets;
+mod finite;
 mod grads;
 mod layout_check;
 mod params;
@@ -41,7 +50,7 @@ use crate::plan::{Usage, UsagePlan};
 use crate::recorder::UsageRecord;
 use crate::stats::{StatsSummary, StepStats};
 
-use buckets::{BucketCache, BucketLayout};
+use buckets::{BucketCache, BucketLayout, SlotSpan};
 use params::SlotInfo;
 use usage::UsageTracker;
 
@@ -103,6 +112,54 @@ impl fmt::Display for WireFormat {
     }
 }
 
+impl WireFormat {
+    /// Its largest finite value, as a message shows it.
+    fn max_text(self) -> &'static str {
+        match self {
+            WireFormat::F32 => "3.4028235e38",
+            WireFormat::Bf16 => "3.3895314e38",
+            WireFormat::F16 => "65504",
+        }
+    }
+}
+
+/// What the reducer does about a gradient holding NaN or an infinity, and
+/// about a finite value that a compressed wire format cannot hold (it would
+/// travel as an infinity).
+///
+/// Checks run on data the reducer reads anyway: this rank's gradients while
+/// they are packed (before anything is sent, so the report names the rank
+/// that produced the value), the compressed wire buffer right after the
+/// conversion, and the reduced sums while they are scaled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum NonFinite {
+    /// Fail the step: [`DdpError::NonFiniteGradient`] naming the rank, the
+    /// step and the first parameter (in slot order),
+    /// [`DdpError::WireOverflow`], or [`DdpError::SumOverflow`]. The other
+    /// ranks fail too, naming this one. The default: a non-finite gradient
+    /// silently poisons every replica and the optimizer's state.
+    #[default]
+    Error,
+    /// Reduce as usual and count, in [`StepStats::non_finite_local`], the
+    /// parameters whose gradient on this rank is non-finite (or overflows
+    /// the wire), and in [`StepStats::non_finite_reduced`] those whose
+    /// reduced gradient is (the same on every rank, so every rank can skip
+    /// the optimizer step alike — what dynamic loss scaling needs).
+    Warn,
+    /// No check at all.
+    Ignore,
+}
+
+impl fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NonFinite::Error => "error",
+            NonFinite::Warn => "warn",
+            NonFinite::Ignore => "ignore",
+        })
+    }
+}
+
 /// Settings of a [`Reducer`]; every rank must use the same (checked at set-up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReducerConfig {
@@ -116,6 +173,8 @@ pub struct ReducerConfig {
     pub broadcast_parameters: bool,
     /// The element type buckets travel in (default [`WireFormat::F32`]).
     pub wire: WireFormat,
+    /// What a non-finite gradient does (default [`NonFinite::Error`]).
+    pub non_finite: NonFinite,
 }
 
 impl Default for ReducerConfig {
@@ -125,6 +184,7 @@ impl Default for ReducerConfig {
             averaging: Averaging::WorldSize,
             broadcast_parameters: true,
             wire: WireFormat::F32,
+            non_finite: NonFinite::Error,
         }
     }
 }
@@ -151,6 +211,12 @@ impl ReducerConfig {
     /// Sets [`Self::wire`].
     pub fn with_wire(mut self, wire: WireFormat) -> Self {
         self.wire = wire;
+        self
+    }
+
+    /// Sets [`Self::non_finite`].
+    pub fn with_non_finite(mut self, non_finite: NonFinite) -> Self {
+        self.non_finite = non_finite;
         self
     }
 }
@@ -185,6 +251,12 @@ pub struct Reducer<B: AutodiffBackend, C: Collective> {
     wire_bf16: Vec<bf16>,
     wire_f16: Vec<f16>,
     step: u64,
+    /// Whether [`Self::forward`] ran since the last reduce.
+    forward_seen: bool,
+    /// The operation a step is in, for what other ranks are told on failure.
+    op: Op,
+    /// Per slot: already counted as non-finite on this rank in this step.
+    flagged: Vec<bool>,
     last: StepStats,
     summary: StatsSummary,
     _backend: PhantomData<fn() -> B>,
@@ -226,8 +298,24 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
 
         let text = layout_check::fingerprint(&plan, &dtypes, &config);
         let all = collective.all_gather_bytes(Tag::new(0, Op::Layout), text.as_bytes())?;
-        if let Some(detail) = layout_check::first_difference(&all) {
-            return Err(DdpError::LayoutMismatch { detail });
+        match layout_check::first_difference(&all) {
+            None => {}
+            Some(layout_check::Difference::Setting {
+                rank,
+                name,
+                value,
+                rank0_value,
+            }) => {
+                return Err(DdpError::ConfigMismatch {
+                    setting: name,
+                    rank,
+                    value,
+                    rank0_value,
+                });
+            }
+            Some(layout_check::Difference::Layout(detail)) => {
+                return Err(DdpError::LayoutMismatch { detail });
+            }
         }
 
         let mut model = model;
@@ -256,6 +344,9 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             wire_bf16: Vec::new(),
             wire_f16: Vec::new(),
             step: 0,
+            forward_seen: false,
+            op: Op::Usage,
+            flagged: vec![false; slots],
             last: StepStats::default(),
             summary: StatsSummary::default(),
             _backend: PhantomData,
@@ -266,6 +357,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     /// Runs `forward` inside this rank's usage scope. Call it for every
     /// micro-batch of a step: usage is OR-ed until the next [`Self::reduce`].
     pub fn forward<R>(&mut self, forward: impl FnOnce() -> R) -> R {
+        self.forward_seen = true;
         self.record.record(forward)
     }
 
@@ -274,18 +366,55 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     /// produced a gradient. A parameter planned always or recorded, but with
     /// no gradient on any rank, gets none (not zeros).
     ///
+    /// A `reduce` with no [`Self::forward`] since the previous one is
+    /// [`DdpError::ReduceWithoutForward`]: it would pair with the other ranks'
+    /// next step and surface steps later, blaming another rank. A rank that
+    /// legitimately has nothing to compute in a step calls
+    /// [`Self::reduce_without_forward`] instead.
+    ///
     /// On error the group is broken (other ranks are told where possible);
     /// stop training.
     pub fn reduce(&mut self, grads: GradientsParams) -> Result<GradientsParams, DdpError> {
+        if !self.forward_seen {
+            self.step += 1;
+            let err = DdpError::ReduceWithoutForward {
+                step: self.step,
+                rank: self.collective.rank(),
+            };
+            // Tell the others now: they are about to pair their step with it.
+            self.collective
+                .abort(Tag::new(self.step, Op::Usage), &err.to_string());
+            return Err(err);
+        }
+        self.reduce_now(grads)
+    }
+
+    /// [`Self::reduce`] for a step in which this rank ran no forward, on
+    /// purpose: for example a rank whose data ran out while the others still
+    /// have a batch, which must still take part in the step (pass
+    /// `GradientsParams::new()`). It contributes whatever gradients it holds
+    /// (none, usually) and gets the others' reduced gradients.
+    pub fn reduce_without_forward(
+        &mut self,
+        grads: GradientsParams,
+    ) -> Result<GradientsParams, DdpError> {
+        self.reduce_now(grads)
+    }
+
+    fn reduce_now(&mut self, grads: GradientsParams) -> Result<GradientsParams, DdpError> {
+        self.forward_seen = false;
         self.step += 1;
         let step = self.step;
+        self.op = Op::Usage;
         let result = self.reduce_step(grads);
+        self.local.iter_mut().for_each(|grad| *grad = None);
+        self.flagged.iter_mut().for_each(|flag| *flag = false);
         if let Err(err) = &result
             && !matches!(err, DdpError::Collective(_))
         {
             // Local errors: tell the others now rather than let them time out.
             self.collective
-                .abort(Tag::new(step, Op::Usage), &err.to_string());
+                .abort(Tag::new(step, self.op), &err.to_string());
         }
         result
     }
@@ -293,6 +422,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     fn reduce_step(&mut self, mut grads: GradientsParams) -> Result<GradientsParams, DdpError> {
         let step = self.step;
         let world = self.collective.world_size();
+        let check = self.config.non_finite != NonFinite::Ignore;
         let mut stats = StepStats {
             step,
             ..StepStats::default()
@@ -319,6 +449,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         let mut out = grads; // empty now: every known gradient was taken
         for (index, bucket) in layout.buckets.iter().enumerate() {
             let spans = layout.spans(bucket);
+            self.op = Op::Bucket(index as u32);
 
             let start = Instant::now();
             self.bucket.clear();
@@ -326,26 +457,35 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             for span in spans {
                 // Another rank has this gradient, this one not: it
                 // contributes the zeros already in place.
-                if let Some(data) = &self.local[span.slot] {
-                    grads::copy_f32(data, &mut self.bucket[span.range()]);
+                let Some(data) = &self.local[span.slot] else {
+                    continue;
+                };
+                let values = &mut self.bucket[span.range()];
+                if !check {
+                    grads::copy_f32(data, values);
+                } else if !grads::copy_f32_checked(data, values) {
+                    let (element, value) =
+                        finite::first_non_finite(values).expect("a non-finite value");
+                    self.local_non_finite(span.slot, element, value, &mut stats)?;
                 }
             }
             stats.pack += start.elapsed();
 
             let start = Instant::now();
-            self.all_reduce_bucket(Tag::new(step, Op::Bucket(index as u32)))?;
+            self.all_reduce_bucket(Tag::new(step, self.op), spans, &mut stats)?;
             stats.all_reduce += start.elapsed();
 
             let start = Instant::now();
             for span in spans {
+                let sums = &self.bucket[span.range()];
+                if check && !finite::all_finite(sums) {
+                    self.reduced_non_finite(span.slot, sums, &mut stats)?;
+                }
                 let divisor = match self.config.averaging {
                     Averaging::WorldSize => world as f32,
                     Averaging::Contributors => self.usage.contributors(span.slot) as f32,
                 };
-                let values: Vec<f32> = self.bucket[span.range()]
-                    .iter()
-                    .map(|sum| sum / divisor)
-                    .collect();
+                let values: Vec<f32> = sums.iter().map(|sum| sum / divisor).collect();
                 let slot = &self.plan.layout().slots()[span.slot];
                 let info = &self.infos[span.slot];
                 grads::put::<B::InnerBackend>(
@@ -390,17 +530,62 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
                 stats.elements_skipped += slot.numel();
             }
         }
-        self.local.iter_mut().for_each(|grad| *grad = None);
         self.last = stats;
         self.summary.add(&stats);
         Ok(out)
     }
 
+    /// This rank's gradient of `slot` holds `value` at `element`: an error
+    /// under [`NonFinite::Error`], else counted once per slot.
+    fn local_non_finite(
+        &mut self,
+        slot: usize,
+        element: usize,
+        value: f32,
+        stats: &mut StepStats,
+    ) -> Result<(), DdpError> {
+        if self.config.non_finite == NonFinite::Error {
+            return Err(DdpError::NonFiniteGradient {
+                step: self.step,
+                rank: self.collective.rank(),
+                path: self.plan.layout().slots()[slot].path.clone(),
+                element,
+                value: finite::describe(value),
+            });
+        }
+        if !std::mem::replace(&mut self.flagged[slot], true) {
+            stats.non_finite_local += 1;
+        }
+        Ok(())
+    }
+
+    /// The reduced sums of `slot` are not all finite: with every rank's own
+    /// gradient finite (always so under [`NonFinite::Error`]), the sum
+    /// overflowed; every rank sees the same sums and reports alike.
+    fn reduced_non_finite(
+        &self,
+        slot: usize,
+        sums: &[f32],
+        stats: &mut StepStats,
+    ) -> Result<(), DdpError> {
+        if self.config.non_finite == NonFinite::Error {
+            let (element, _) = finite::first_non_finite(sums).expect("a non-finite sum");
+            return Err(DdpError::SumOverflow {
+                step: self.step,
+                path: self.plan.layout().slots()[slot].path.clone(),
+                element,
+                wire: self.config.wire.to_string(),
+                max: self.config.wire.max_text().to_owned(),
+            });
+        }
+        stats.non_finite_reduced += 1;
+        Ok(())
+    }
+
     /// Moves every gradient out of `grads` into `self.local`, checking each
-    /// against the plan and this step's usage.
+    /// against the plan, this step's usage and its parameter's shape.
     fn take_local_grads(&mut self, grads: &mut GradientsParams) -> Result<(), DdpError> {
         let step = self.step;
-        self.local.iter_mut().for_each(|grad| *grad = None);
         for (index, slot) in self.plan.layout().slots().iter().enumerate() {
             if self.usage.is_alias(index) {
                 continue;
@@ -419,6 +604,15 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
                 return Err(DdpError::UnplannedGradient {
                     step,
                     path: slot.path.clone(),
+                });
+            }
+            if data.shape.as_slice() != slot.shape.as_slice() {
+                return Err(DdpError::GradientShape {
+                    step,
+                    rank: self.collective.rank(),
+                    path: slot.path.clone(),
+                    expected: slot.shape.clone(),
+                    actual: data.shape.to_vec(),
                 });
             }
             self.local[index] = Some(data);
@@ -442,31 +636,81 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         })
     }
 
-    /// All-reduces `self.bucket` in the configured wire format, in place.
-    fn all_reduce_bucket(&mut self, tag: Tag) -> Result<(), DdpError> {
+    /// All-reduces `self.bucket` (holding `spans`) in the configured wire
+    /// format, in place. A compressed format is checked for values the
+    /// conversion turned into infinities before anything is sent.
+    fn all_reduce_bucket(
+        &mut self,
+        tag: Tag,
+        spans: &[SlotSpan],
+        stats: &mut StepStats,
+    ) -> Result<(), DdpError> {
+        let check = self.config.non_finite != NonFinite::Ignore;
         match self.config.wire {
             WireFormat::F32 => self
                 .collective
                 .all_reduce_sum(tag, WireBuf::F32(&mut self.bucket))?,
             WireFormat::Bf16 => {
-                self.wire_bf16.clear();
-                self.wire_bf16
-                    .extend(self.bucket.iter().map(|&x| bf16::from_f32(x)));
-                self.collective
-                    .all_reduce_sum(tag, WireBuf::Bf16(&mut self.wire_bf16))?;
-                for (out, x) in self.bucket.iter_mut().zip(&self.wire_bf16) {
+                let mut wire = std::mem::take(&mut self.wire_bf16);
+                wire.clear();
+                wire.extend(self.bucket.iter().map(|&x| bf16::from_f32(x)));
+                if check && finite::any_infinite(&wire) {
+                    self.wire_overflow(&wire, spans, stats)?;
+                }
+                let result = self
+                    .collective
+                    .all_reduce_sum(tag, WireBuf::Bf16(&mut wire));
+                for (out, x) in self.bucket.iter_mut().zip(&wire) {
                     *out = x.to_f32();
                 }
+                self.wire_bf16 = wire;
+                result?;
             }
             WireFormat::F16 => {
-                self.wire_f16.clear();
-                self.wire_f16
-                    .extend(self.bucket.iter().map(|&x| f16::from_f32(x)));
-                self.collective
-                    .all_reduce_sum(tag, WireBuf::F16(&mut self.wire_f16))?;
-                for (out, x) in self.bucket.iter_mut().zip(&self.wire_f16) {
+                let mut wire = std::mem::take(&mut self.wire_f16);
+                wire.clear();
+                wire.extend(self.bucket.iter().map(|&x| f16::from_f32(x)));
+                if check && finite::any_infinite(&wire) {
+                    self.wire_overflow(&wire, spans, stats)?;
+                }
+                let result = self.collective.all_reduce_sum(tag, WireBuf::F16(&mut wire));
+                for (out, x) in self.bucket.iter_mut().zip(&wire) {
                     *out = x.to_f32();
                 }
+                self.wire_f16 = wire;
+                result?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The converted bucket `wire` holds infinities: those from finite
+    /// values overflowed the format, and are treated like non-finite values.
+    fn wire_overflow<H: finite::Half>(
+        &mut self,
+        wire: &[H],
+        spans: &[SlotSpan],
+        stats: &mut StepStats,
+    ) -> Result<(), DdpError> {
+        for span in spans {
+            let range = span.range();
+            let Some(element) = finite::first_overflow(&self.bucket[range.clone()], &wire[range])
+            else {
+                continue;
+            };
+            if self.config.non_finite == NonFinite::Error {
+                return Err(DdpError::WireOverflow {
+                    step: self.step,
+                    rank: self.collective.rank(),
+                    path: self.plan.layout().slots()[span.slot].path.clone(),
+                    element,
+                    value: self.bucket[span.offset + element].to_string(),
+                    wire: self.config.wire.to_string(),
+                    max: self.config.wire.max_text().to_owned(),
+                });
+            }
+            if !std::mem::replace(&mut self.flagged[span.slot], true) {
+                stats.non_finite_local += 1;
             }
         }
         Ok(())

@@ -1,0 +1,147 @@
+//! Non-finite checks on buffers the reducer reads anyway.
+//!
+//! The scans test the exponent bits of blocks of elements and branch once
+//! per block, so the compiler vectorizes them; the exact element is located
+//! only once a block is known to hold one.
+
+use half::{bf16, f16};
+
+const F32_EXPONENT: u32 = 0x7f80_0000;
+const BLOCK: usize = 64;
+
+/// Copies `src` into `out` (equal lengths) and says whether every value is
+/// finite, reading each value once.
+pub(crate) fn copy_checked(src: &[f32], out: &mut [f32]) -> bool {
+    debug_assert_eq!(src.len(), out.len());
+    let mut bad = false;
+    for (src, out) in src.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+        let mut block = 0u32;
+        for (&x, o) in src.iter().zip(out.iter_mut()) {
+            *o = x;
+            block |= u32::from(x.to_bits() & F32_EXPONENT == F32_EXPONENT);
+        }
+        bad |= block != 0;
+    }
+    !bad
+}
+
+/// Whether every value is finite.
+pub(crate) fn all_finite(values: &[f32]) -> bool {
+    values.chunks(BLOCK).all(|block| {
+        block.iter().fold(0u32, |acc, x| {
+            acc | u32::from(x.to_bits() & F32_EXPONENT == F32_EXPONENT)
+        }) == 0
+    })
+}
+
+/// The first non-finite value, with its index.
+pub(crate) fn first_non_finite(values: &[f32]) -> Option<(usize, f32)> {
+    values
+        .iter()
+        .position(|x| !x.is_finite())
+        .map(|index| (index, values[index]))
+}
+
+/// How a non-finite value reads in a message: `NaN`, `inf` or `-inf`.
+pub(crate) fn describe(value: f32) -> String {
+    if value.is_nan() {
+        "NaN".to_owned()
+    } else {
+        value.to_string()
+    }
+}
+
+/// A compressed wire element type.
+pub(crate) trait Half: Copy {
+    /// Whether this value is an infinity.
+    fn is_infinite(self) -> bool;
+}
+
+impl Half for f16 {
+    fn is_infinite(self) -> bool {
+        self.to_bits() & 0x7fff == 0x7c00
+    }
+}
+
+impl Half for bf16 {
+    fn is_infinite(self) -> bool {
+        self.to_bits() & 0x7fff == 0x7f80
+    }
+}
+
+/// Whether any wire value is an infinity.
+pub(crate) fn any_infinite<H: Half>(wire: &[H]) -> bool {
+    wire.chunks(BLOCK).any(|block| {
+        block
+            .iter()
+            .fold(0u32, |acc, h| acc | u32::from(h.is_infinite()))
+            != 0
+    })
+}
+
+/// The first element that is finite in `src` but infinite on the `wire`:
+/// an overflow of the conversion.
+pub(crate) fn first_overflow<H: Half>(src: &[f32], wire: &[H]) -> Option<usize> {
+    src.iter()
+        .zip(wire)
+        .position(|(x, h)| x.is_finite() && h.is_infinite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_every_kind_of_non_finite_anywhere() {
+        for len in [0, 1, 63, 64, 65, 200] {
+            let clean: Vec<f32> = (0..len).map(|i| i as f32 - 50.0).collect();
+            let mut out = vec![0.0; len];
+            assert!(copy_checked(&clean, &mut out));
+            assert_eq!(out, clean);
+            assert!(all_finite(&clean));
+            assert_eq!(first_non_finite(&clean), None);
+            for at in [0, len / 2, len.saturating_sub(1)] {
+                if len == 0 {
+                    continue;
+                }
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut values = clean.clone();
+                    values[at] = bad;
+                    assert!(!copy_checked(&values, &mut out), "{len} {at} {bad}");
+                    assert!(!all_finite(&values));
+                    assert_eq!(first_non_finite(&values).map(|(i, _)| i), Some(at));
+                }
+            }
+        }
+        assert!(all_finite(&[
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            0.0,
+            -0.0
+        ]));
+        assert_eq!(describe(f32::NAN), "NaN");
+        assert_eq!(describe(f32::INFINITY), "inf");
+        assert_eq!(describe(f32::NEG_INFINITY), "-inf");
+    }
+
+    #[test]
+    fn finds_conversion_overflow() {
+        let src = [1.0, 65504.0, 70000.0, f32::INFINITY, -1e6];
+        let wire: Vec<f16> = src.iter().map(|&x| f16::from_f32(x)).collect();
+        assert!(any_infinite(&wire));
+        assert_eq!(first_overflow(&src, &wire), Some(2));
+        assert_eq!(first_overflow(&src[3..], &wire[3..]), Some(1));
+        let fits: Vec<f16> = [1.0f32, 65504.0]
+            .iter()
+            .map(|&x| f16::from_f32(x))
+            .collect();
+        assert!(!any_infinite(&fits));
+        let wide: Vec<bf16> = [3.0e38f32, f32::MAX]
+            .iter()
+            .map(|&x| bf16::from_f32(x))
+            .collect();
+        assert!(any_infinite(&wide));
+        assert_eq!(first_overflow(&[3.0e38, f32::MAX], &wide), Some(1));
+    }
+}
