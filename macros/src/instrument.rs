@@ -81,7 +81,7 @@ struct Rewriter<'a> {
 }
 
 /// The class of a touch: all the site's fields are always used, or not.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Class {
     Always,
     Conditional,
@@ -109,15 +109,18 @@ impl Rewriter<'_> {
     /// The class of the recorded fields among `site`'s roots; `None` when
     /// none is recorded (all frozen).
     fn class(&self, site: &Site) -> Option<Class> {
-        let mut class = None;
-        for &field in site.roots.keys() {
-            match self.usage.get(field) {
-                Some(FieldUsage::Conditional(_)) => return Some(Class::Conditional),
-                Some(FieldUsage::Always) => class = Some(Class::Always),
-                _ => {}
-            }
+        // `Conditional` orders after `Always`: one conditional field makes
+        // the touch conditional.
+        site.roots.keys().filter_map(|&f| self.field_class(f)).max()
+    }
+
+    /// The class of a recorded field; `None` for a frozen one.
+    fn field_class(&self, field: usize) -> Option<Class> {
+        match self.usage.get(field) {
+            Some(FieldUsage::Conditional(_)) => Some(Class::Conditional),
+            Some(FieldUsage::Always) => Some(Class::Always),
+            _ => None,
         }
-        class
     }
 
     fn backend(&self) -> TokenStream {
@@ -151,11 +154,7 @@ impl Rewriter<'_> {
     fn touch_roots(&self, site: &Site) -> TokenStream {
         let self_token = syn::Ident::new("self", self.self_span);
         let touches = site.roots.keys().filter_map(|&field| {
-            let class = match self.usage.get(field) {
-                Some(FieldUsage::Conditional(_)) => Class::Conditional,
-                Some(FieldUsage::Always) => Class::Always,
-                _ => return None,
-            };
+            let class = self.field_class(field)?;
             let member = member(&self.fields.params[field]);
             let touch = self.touch(quote!(&#self_token.#member), &Kind::Other, class);
             Some(quote!(#touch;))

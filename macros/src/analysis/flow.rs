@@ -17,7 +17,7 @@ use quote::ToTokens;
 use syn::{Block, Expr, ExprMethodCall, ImplItemFn, Stmt};
 
 use super::render::{clip, render_tokens};
-use super::sites::{self, Site};
+use super::sites::{self, Site, is_self, mentions};
 use super::{FieldSet, FieldTable, Methods, Summary};
 use crate::attr;
 use crate::ctxt::Ctxt;
@@ -103,24 +103,6 @@ fn meet(a: Option<FieldSet>, b: Option<FieldSet>) -> Option<FieldSet> {
         (None, x) | (x, None) => x,
         (Some(a), Some(b)) => Some(a.intersection(&b).copied().collect()),
     }
-}
-
-/// Whether `expr` is the bare path `self`.
-pub(crate) fn is_self(expr: &Expr) -> bool {
-    match expr {
-        Expr::Path(p) => p.qself.is_none() && p.path.is_ident("self"),
-        Expr::Paren(p) => is_self(&p.expr),
-        Expr::Group(g) => is_self(&g.expr),
-        _ => false,
-    }
-}
-
-pub(crate) fn mentions_self(tokens: TokenStream) -> bool {
-    tokens.into_iter().any(|tt| match tt {
-        TokenTree::Ident(i) => i == "self",
-        TokenTree::Group(g) => mentions_self(g.stream()),
-        _ => false,
-    })
 }
 
 impl Walker<'_> {
@@ -472,7 +454,7 @@ impl Walker<'_> {
                 }
             }
             other => {
-                if mentions_self(other.to_token_stream()) {
+                if mentions(other.to_token_stream(), "self") {
                     self.error(
                         other,
                         format!("`#[ddp_model]` cannot analyse this expression\n{USES_HELP}"),

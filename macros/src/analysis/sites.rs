@@ -121,12 +121,7 @@ impl Shape {
 
     fn collect_roots(&self, out: &mut Roots) {
         match self {
-            Shape::Module(roots) | Shape::Opaque(roots) => {
-                for (&field, &whole) in roots {
-                    let entry = out.entry(field).or_insert(whole);
-                    *entry &= whole;
-                }
-            }
+            Shape::Module(roots) | Shape::Opaque(roots) => merge(out, roots.clone()),
             Shape::Seq(item) => item.collect_roots(out),
             Shape::Tuple(parts) => parts.iter().flatten().for_each(|p| p.collect_roots(out)),
         }
@@ -375,7 +370,8 @@ fn unparen(expr: &Expr) -> &Expr {
     }
 }
 
-fn is_self(expr: &Expr) -> bool {
+/// Whether `expr` is the bare path `self`.
+pub(crate) fn is_self(expr: &Expr) -> bool {
     matches!(unparen(expr), Expr::Path(p) if p.qself.is_none() && p.path.is_ident("self"))
 }
 
@@ -462,10 +458,6 @@ impl Tracker<'_> {
             .flat_map(|scope| scope.iter().rev())
             .find(|(n, _)| n == name)
             .and_then(|(_, shape)| shape.clone())
-    }
-
-    fn is_derived(&self, name: &str) -> bool {
-        self.lookup(name).is_some()
     }
 
     fn bind_name(&mut self, name: String, shape: Option<Shape>) {
@@ -979,7 +971,7 @@ impl Tracker<'_> {
                 }
                 None
             }
-            Expr::Const(_) | Expr::Continue(_) | Expr::Infer(_) | Expr::Lit(_) => None,
+            // Literals, `continue`, constants: nothing derived.
             _ => None,
         }
     }
@@ -1158,14 +1150,16 @@ impl Tracker<'_> {
             let inner = self.closure_arg(&mut args[0], &[], true);
             return Some(inner.map(|s| Shape::Seq(Box::new(s))));
         }
+        // `map` and its kin over an iterator or `Option`, derived or not:
+        // the closure's result becomes the values.
+        let mapped = (MAP.contains(&m) || FLAT_MAP.contains(&m)) && args.len() == 1;
+        if mapped && !matches!(receiver, Some(Shape::Module(_))) {
+            let item = receiver.map(Shape::item);
+            let out = self.closure_arg(&mut args[0], &[item], true);
+            let flat = FLAT_MAP.contains(&m);
+            return Some(out.map(|s| Shape::Seq(Box::new(if flat { s.item() } else { s }))));
+        }
         let Some(receiver) = receiver else {
-            let tracked = (MAP.contains(&m) || FLAT_MAP.contains(&m)) && args.len() == 1;
-            if tracked {
-                let out = self.closure_arg(&mut args[0], &[], true);
-                return Some(
-                    out.map(|s| Shape::Seq(Box::new(if MAP.contains(&m) { s } else { s.item() }))),
-                );
-            }
             args.iter_mut().for_each(|a| self.expr(a));
             return Some(None);
         };
@@ -1198,14 +1192,6 @@ impl Tracker<'_> {
         };
         let item = (**item).clone();
         match (m, args.len()) {
-            (_, 1) if MAP.contains(&m) => {
-                let out = self.closure_arg(&mut args[0], &[Some(item)], true);
-                Some(out.map(|s| Shape::Seq(Box::new(s))))
-            }
-            (_, 1) if FLAT_MAP.contains(&m) => {
-                let out = self.closure_arg(&mut args[0], &[Some(item)], true);
-                Some(out.map(|s| Shape::Seq(Box::new(s.item()))))
-            }
             ("fold" | "try_fold", 2) => {
                 self.expr(&mut args[0]);
                 self.closure_arg(&mut args[1], &[None, Some(item)], false);
@@ -1408,10 +1394,8 @@ impl Tracker<'_> {
     }
 
     fn mentions_derived(&self, tokens: TokenStream) -> bool {
-        tokens.into_iter().any(|tt| match tt {
-            TokenTree::Ident(i) => self.is_derived(&i.to_string()),
-            TokenTree::Group(g) => self.mentions_derived(g.stream()),
-            _ => false,
-        })
+        let mut roots = Roots::new();
+        self.collect_mentioned(tokens, &mut roots);
+        !roots.is_empty()
     }
 }
