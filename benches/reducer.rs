@@ -346,6 +346,29 @@ fn mib(bytes: f64) -> f64 {
     bytes / (1024.0 * 1024.0)
 }
 
+/// One step on one rank: `forward` in the usage scope, real backward, then
+/// a barrier (so the time excludes waiting for a slower backward elsewhere)
+/// and the timed `reduce`, whose result is discarded. Returns its wall time.
+fn timed_step<M, C>(
+    reducer: &mut Reducer<Ad, C>,
+    model: &M,
+    forward: impl FnOnce() -> Tensor<Ad, 2>,
+) -> Duration
+where
+    M: AutodiffModule<Ad>,
+    C: Collective,
+{
+    let y = reducer.forward(forward);
+    let loss = y.powf_scalar(2.0).mean();
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    reducer.barrier().expect("barrier");
+    let start = Instant::now();
+    let reduced = reducer.reduce(grads).expect("reduce");
+    let wall = start.elapsed();
+    drop(black_box(reduced));
+    wall
+}
+
 /// Runs steps on one rank: forward in the usage scope, real backward, then
 /// a barrier (so that no rank's `reduce` time includes waiting for a slower
 /// backward elsewhere) and the timed `reduce`. Gradients are discarded; the
@@ -373,14 +396,7 @@ where
         stats: Vec::with_capacity(settings.steps),
     };
     for step in 0..total {
-        let y = reducer.forward(|| forward(&model, x.clone(), step));
-        let loss = y.powf_scalar(2.0).mean();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        reducer.barrier().expect("barrier");
-        let start = Instant::now();
-        let reduced = reducer.reduce(grads).expect("reduce");
-        let wall = start.elapsed();
-        drop(black_box(reduced));
+        let wall = timed_step(&mut reducer, &model, || forward(&model, x.clone(), step));
         if step >= settings.warmup_steps {
             run.wall.push(wall);
             run.stats.push(*reducer.last_stats());
@@ -918,14 +934,7 @@ fn run_check_case(settings: &Settings, world: usize, wire: WireFormat) -> [Vec<C
                         for turn in 0..2 {
                             let which = (step + turn) % 2;
                             let reducer = &mut reducers[which];
-                            let y = reducer.forward(|| model.forward(x.clone()));
-                            let loss = y.powf_scalar(2.0).mean();
-                            let grads = GradientsParams::from_grads(loss.backward(), &model);
-                            reducer.barrier().expect("barrier");
-                            let start = Instant::now();
-                            let reduced = reducer.reduce(grads).expect("reduce");
-                            let wall = start.elapsed();
-                            drop(black_box(reduced));
+                            let wall = timed_step(reducer, &model, || model.forward(x.clone()));
                             if step >= settings.warmup_steps {
                                 let stats = reducer.last_stats();
                                 runs[which].wall.push(wall);
