@@ -30,7 +30,9 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Device;
-use common::{Ad, Rng, all_ok, assert_close, grads_by_path, matrix, reference_average, run_ranks, with_values};
+use common::{
+    Ad, Rng, all_ok, assert_close, grads_by_path, matrix, reference_average, run_ranks, with_values,
+};
 use generator::{N, R, R_MAX};
 use maskddp::{
     Averaging, DdpModel, Reducer, ReducerConfig, ThreadGroup, ThreadGroupConfig, Usage,
@@ -139,7 +141,11 @@ fn init_seed(model: u64, rank: usize) -> u64 {
 /// Runs `input` in a usage scope and checks both directions against the real
 /// gradients; returns the gradients by path and how many conditional
 /// parameters got one.
-fn check_run<M: Generated>(model: &M, what: &str, input: &Input) -> (BTreeMap<String, Vec<f32>>, usize) {
+fn check_run<M: Generated>(
+    model: &M,
+    what: &str,
+    input: &Input,
+) -> (BTreeMap<String, Vec<f32>>, usize) {
     let (x, target) = input.tensors(&Default::default());
     let (out, record) = record_usage(|| model.run(x, &input.r));
     let grads = GradientsParams::from_grads(loss(out, target).backward(), model);
@@ -164,9 +170,18 @@ fn check_run<M: Generated>(model: &M, what: &str, input: &Input) -> (BTreeMap<St
         }
     }
     let table = plan.table();
-    assert!(missed.is_empty(), "{what}: gradient but no recorded use: {missed:?}\n{table}");
-    assert!(false_always.is_empty(), "{what}: planned always but no gradient: {false_always:?}\n{table}");
-    assert!(over_recorded.is_empty(), "{what}: recorded but no gradient: {over_recorded:?}\n{table}");
+    assert!(
+        missed.is_empty(),
+        "{what}: gradient but no recorded use: {missed:?}\n{table}"
+    );
+    assert!(
+        false_always.is_empty(),
+        "{what}: planned always but no gradient: {false_always:?}\n{table}"
+    );
+    assert!(
+        over_recorded.is_empty(),
+        "{what}: recorded but no gradient: {over_recorded:?}\n{table}"
+    );
     (with_grad, conditional_with_grad)
 }
 
@@ -200,13 +215,20 @@ fn check_model<M: Generated>(name: &str, index: u64) {
     );
 
     // Through the reducer: rank k runs input k from its own initial values.
-    let averaging = if index % 2 == 0 { Averaging::Contributors } else { Averaging::WorldSize };
+    let averaging = if index % 2 == 0 {
+        Averaging::Contributors
+    } else {
+        Averaging::WorldSize
+    };
     let cap = [8usize, 64, 400, 1 << 20][(index / 2 % 4) as usize];
     let config = ReducerConfig::default()
         .with_bucket_cap_bytes(cap)
         .with_averaging(averaging);
     let rank_inputs = Arc::new(inputs[..WORLD].to_vec());
-    let group = ThreadGroup::with_config(WORLD, ThreadGroupConfig::default().with_timeout(Duration::from_secs(30)));
+    let group = ThreadGroup::with_config(
+        WORLD,
+        ThreadGroupConfig::default().with_timeout(Duration::from_secs(30)),
+    );
     let reduced = all_ok(run_ranks(group, LIMIT, move |rank, collective| {
         let device = Default::default();
         let model = with_values(M::build(&device), init_seed(index, rank));
@@ -222,12 +244,20 @@ fn check_model<M: Generated>(name: &str, index: u64) {
     let union: Vec<&String> = reference.keys().collect();
     for (rank, grads) in reduced.iter().enumerate() {
         let what = format!("{name}: rank {rank} ({averaging:?}, cap {cap} B)");
-        assert_eq!(grads.keys().collect::<Vec<_>>(), union, "{what}: parameters with a reduced gradient");
+        assert_eq!(
+            grads.keys().collect::<Vec<_>>(),
+            union,
+            "{what}: parameters with a reduced gradient"
+        );
         for (path, grad) in grads {
             let (expected, floor) = &reference[path];
             assert_close(&format!("{what}: {path}"), grad, expected, floor, 1e-5);
             let bits = |g: &[f32]| g.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(grad), bits(&reduced[0][path]), "{what}: {path} differs from rank 0");
+            assert_eq!(
+                bits(grad),
+                bits(&reduced[0][path]),
+                "{what}: {path} differs from rank 0"
+            );
         }
     }
 }
@@ -236,7 +266,10 @@ fn check_model<M: Generated>(name: &str, index: u64) {
 #[test]
 fn current() {
     let fresh = generator::generate();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/generated_programs/models.rs");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/generated_programs/models.rs"
+    );
     if std::env::var_os("MASKDDP_BLESS").is_some() {
         std::fs::write(path, &fresh).unwrap();
         return;

@@ -112,7 +112,10 @@ struct Gen {
 }
 
 fn indent(lines: Vec<String>) -> Vec<String> {
-    lines.into_iter().map(|line| format!("    {line}")).collect()
+    lines
+        .into_iter()
+        .map(|line| format!("    {line}"))
+        .collect()
 }
 
 impl Gen {
@@ -261,7 +264,8 @@ impl Gen {
 
     /// A loop over `ex` or `kids` whose body uses the element.
     fn element_loop(&mut self, scope: &Scope, depth: u32) -> Vec<String> {
-        let over_kids = self.has(Field::Kids) && (!self.has(Field::Experts) || self.rng.chance(0.3));
+        let over_kids =
+            self.has(Field::Kids) && (!self.has(Field::Experts) || self.rng.chance(0.3));
         let (field, kind, container) = if over_kids {
             (Field::Kids, Kind::Child, "kids")
         } else {
@@ -292,7 +296,11 @@ impl Gen {
                 let mut body = Vec::new();
                 if self.rng.chance(0.5) {
                     let c = self.cond(&inner, 1);
-                    let exit = if self.rng.chance(0.5) { "break" } else { "continue" };
+                    let exit = if self.rng.chance(0.5) {
+                        "break"
+                    } else {
+                        "continue"
+                    };
                     body.push(format!("if {c} {{"));
                     body.push(format!("    {exit};"));
                     body.push("}".into());
@@ -423,7 +431,12 @@ impl Gen {
             .fields
             .iter()
             .copied()
-            .filter(|f| matches!(f, Field::Lin(_) | Field::Child | Field::Experts | Field::Kids))
+            .filter(|f| {
+                matches!(
+                    f,
+                    Field::Lin(_) | Field::Child | Field::Experts | Field::Kids
+                )
+            })
             .collect();
         if lins.is_empty() {
             return Vec::new();
@@ -512,7 +525,11 @@ impl Gen {
             }
             6 => {
                 let (exit, c) = if scope.in_loop && self.rng.chance(0.5) {
-                    let exit = if self.rng.chance(0.5) { "break" } else { "continue" };
+                    let exit = if self.rng.chance(0.5) {
+                        "break"
+                    } else {
+                        "continue"
+                    };
                     (exit, self.cond(scope, 1))
                 } else {
                     // Rare, so that what follows runs in some of the runs.
@@ -564,7 +581,13 @@ fn model(index: u64) -> String {
     let mut rng = Rng::new(0x6e6e_0000 + index);
     let mut fields: Vec<Field> = (0..3u8)
         .map(Field::Lin)
-        .chain([Field::Param, Field::Experts, Field::Opt, Field::Child, Field::Kids])
+        .chain([
+            Field::Param,
+            Field::Experts,
+            Field::Opt,
+            Field::Child,
+            Field::Kids,
+        ])
         .filter(|_| rng.chance(0.55))
         .collect();
     if fields.is_empty() {
@@ -648,7 +671,11 @@ fn model(index: u64) -> String {
     writeln!(out, "    }}\n").unwrap();
     writeln!(out, "    #[test]").unwrap();
     writeln!(out, "    fn m{index:03}() {{").unwrap();
-    writeln!(out, "        check_model::<{name}<Ad>>(\"m{index:03}\", {index});").unwrap();
+    writeln!(
+        out,
+        "        check_model::<{name}<Ad>>(\"m{index:03}\", {index});"
+    )
+    .unwrap();
     writeln!(out, "    }}").unwrap();
     writeln!(out, "}}").unwrap();
     out
