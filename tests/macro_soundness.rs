@@ -796,6 +796,16 @@ case!(nested_child_unannotated_method, { trunk: Linear<B>, child: Child<B> }, {
     }
 });
 
+// Reached on every path, but on one only through a method outside its
+// `#[ddp_model]` block, which may skip what the child's `forward` always
+// uses: all of the child is conditional, recorded whole there.
+case!(loose nested_child_on_every_path_not_always_through_forward, { trunk: Linear<B>, child: Child<B> }, {
+    pub fn forward(&self, x: Tensor<B, 2>, c: bool, _i: usize) -> Tensor<B, 2> {
+        let y = self.trunk.forward(x);
+        if c { self.child.forward(y, false) } else { self.child.plain_method(y) }
+    }
+});
+
 fn run_child_head<B: Backend>(child: &Child<B>, y: Tensor<B, 2>, c: bool) -> Tensor<B, 2> {
     if c {
         child.plain_method(y)

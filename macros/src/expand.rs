@@ -315,6 +315,12 @@ fn ddp_model_trait_impl(
                 plan.push(quote!(#(#cfgs)* #wrapped.__maskddp_plan_always(plan);));
                 record.push(quote!(#(#cfgs)* #wrapped.__maskddp_record_always();));
             }
+            FieldUsage::AlwaysIfPlain(branch) => {
+                plan.push(
+                    quote!(#(#cfgs)* #wrapped.__maskddp_plan_always_if_plain(plan, #branch);),
+                );
+                record.push(quote!(#(#cfgs)* #wrapped.__maskddp_record_always_if_plain();));
+            }
             FieldUsage::Conditional(branch) => {
                 plan.push(
                     quote!(#(#cfgs)* plan.conditional::<#backend, _>(&self.#member, #branch);),

@@ -84,6 +84,9 @@ struct Rewriter<'a> {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Class {
     Always,
+    /// [`FieldUsage::AlwaysIfPlain`]: always for a plain module, conditional
+    /// for a nested model.
+    AlwaysIfPlain,
     Conditional,
 }
 
@@ -119,6 +122,7 @@ impl Rewriter<'_> {
         match self.usage.get(field) {
             Some(FieldUsage::Conditional(_)) => Some(Class::Conditional),
             Some(FieldUsage::Always) => Some(Class::Always),
+            Some(FieldUsage::AlwaysIfPlain(_)) => Some(Class::AlwaysIfPlain),
             _ => None,
         }
     }
@@ -142,8 +146,12 @@ impl Rewriter<'_> {
         let call = match (kind, class) {
             (Kind::Call(method), Class::Conditional) => quote!(__maskddp_touch_call(#method)),
             (Kind::Call(method), Class::Always) => quote!(__maskddp_touch_call_always(#method)),
+            (Kind::Call(method), Class::AlwaysIfPlain) => {
+                quote!(__maskddp_touch_call_always_if_plain(#method))
+            }
             (Kind::Other, Class::Conditional) => quote!(__maskddp_touch()),
             (Kind::Other, Class::Always) => quote!(__maskddp_touch_always()),
+            (Kind::Other, Class::AlwaysIfPlain) => quote!(__maskddp_touch_always_if_plain()),
         };
         quote!((&&&::maskddp::__private::Field::<#backend, _>::new(
             (#reference).__maskddp_module_ref()

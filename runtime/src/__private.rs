@@ -85,7 +85,10 @@ pub fn record_module<B: Backend, M: Module<B>>(module: &M) {
 /// - Any other use (`&self.f`, an argument, a projection `self.f.g`, an
 ///   element yielded by `iter()` or `get(i)`) is a plain *touch*.
 ///
-/// The `_always` variants are for fields `forward` uses on every path.
+/// The `_always` variants are for fields `forward` uses on every path; the
+/// `_always_if_plain` ones for fields it uses on every path, but on some only
+/// through methods other than their `forward` (always for a plain module,
+/// conditional for a nested model, whose own split may not hold there).
 ///
 /// For a nested `#[ddp_model]`, only a call of one of its instrumented
 /// methods ([`DdpModel::instruments`]) lets it record its own conditional
@@ -99,6 +102,10 @@ pub trait TouchNested<'a, M> {
     fn __maskddp_touch(self) -> &'a M;
     #[allow(missing_docs)]
     fn __maskddp_touch_always(self) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch_call_always_if_plain(self, method: &str) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch_always_if_plain(self) -> &'a M;
 }
 
 impl<'a, B: Backend, M: DdpModel<B>> TouchNested<'a, M> for &&&Field<'a, B, M> {
@@ -132,6 +139,16 @@ impl<'a, B: Backend, M: DdpModel<B>> TouchNested<'a, M> for &&&Field<'a, B, M> {
         record_module::<B, M>(self.0);
         self.0
     }
+
+    #[inline]
+    fn __maskddp_touch_call_always_if_plain(self, method: &str) -> &'a M {
+        self.__maskddp_touch_call(method)
+    }
+
+    #[inline]
+    fn __maskddp_touch_always_if_plain(self) -> &'a M {
+        self.__maskddp_touch()
+    }
 }
 
 /// See [`TouchNested`]: a plain burn module records all its parameters when
@@ -145,6 +162,10 @@ pub trait TouchPlain<'a, M> {
     fn __maskddp_touch(self) -> &'a M;
     #[allow(missing_docs)]
     fn __maskddp_touch_always(self) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch_call_always_if_plain(self, method: &str) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch_always_if_plain(self) -> &'a M;
 }
 
 impl<'a, B: Backend, M: Module<B>> TouchPlain<'a, M> for &&Field<'a, B, M> {
@@ -169,6 +190,16 @@ impl<'a, B: Backend, M: Module<B>> TouchPlain<'a, M> for &&Field<'a, B, M> {
     fn __maskddp_touch_always(self) -> &'a M {
         self.0
     }
+
+    #[inline(always)]
+    fn __maskddp_touch_call_always_if_plain(self, _method: &str) -> &'a M {
+        self.0
+    }
+
+    #[inline(always)]
+    fn __maskddp_touch_always_if_plain(self) -> &'a M {
+        self.0
+    }
 }
 
 /// See [`TouchNested`]: a slice of modules (`&self.experts[a..b]`, or an
@@ -185,6 +216,10 @@ pub trait TouchSlice<'a, M: ?Sized> {
     fn __maskddp_touch(self) -> &'a M;
     #[allow(missing_docs)]
     fn __maskddp_touch_always(self) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch_call_always_if_plain(self, method: &str) -> &'a M;
+    #[allow(missing_docs)]
+    fn __maskddp_touch_always_if_plain(self) -> &'a M;
 }
 
 impl<'a, B: Backend, M: Module<B>> TouchSlice<'a, [M]> for &Field<'a, B, [M]> {
@@ -210,17 +245,35 @@ impl<'a, B: Backend, M: Module<B>> TouchSlice<'a, [M]> for &Field<'a, B, [M]> {
     fn __maskddp_touch_always(self) -> &'a [M] {
         self.__maskddp_touch()
     }
+
+    #[inline]
+    fn __maskddp_touch_call_always_if_plain(self, _method: &str) -> &'a [M] {
+        self.__maskddp_touch()
+    }
+
+    #[inline]
+    fn __maskddp_touch_always_if_plain(self) -> &'a [M] {
+        self.__maskddp_touch()
+    }
 }
 
-/// Describing an always-used nested `#[ddp_model]`: it keeps its own split.
+/// Describing an always-used nested `#[ddp_model]`: it keeps its own split
+/// when every path calls its `forward`; when some path reaches it only
+/// through other methods, all of it is conditional.
 pub trait PlanNested {
     #[allow(missing_docs)]
     fn __maskddp_plan_always(self, plan: &mut PlanBuilder);
+    #[allow(missing_docs)]
+    fn __maskddp_plan_always_if_plain(self, plan: &mut PlanBuilder, branch: &'static str);
 }
 
 impl<B: Backend, M: DdpModel<B>> PlanNested for &&Field<'_, B, M> {
     fn __maskddp_plan_always(self, plan: &mut PlanBuilder) {
         self.0.build_plan(plan);
+    }
+
+    fn __maskddp_plan_always_if_plain(self, plan: &mut PlanBuilder, branch: &'static str) {
+        plan.conditional::<B, M>(self.0, branch);
     }
 }
 
@@ -228,10 +281,16 @@ impl<B: Backend, M: DdpModel<B>> PlanNested for &&Field<'_, B, M> {
 pub trait PlanPlain {
     #[allow(missing_docs)]
     fn __maskddp_plan_always(self, plan: &mut PlanBuilder);
+    #[allow(missing_docs)]
+    fn __maskddp_plan_always_if_plain(self, plan: &mut PlanBuilder, branch: &'static str);
 }
 
 impl<B: Backend, M: Module<B>> PlanPlain for &Field<'_, B, M> {
     fn __maskddp_plan_always(self, plan: &mut PlanBuilder) {
+        plan.always::<B, M>(self.0);
+    }
+
+    fn __maskddp_plan_always_if_plain(self, plan: &mut PlanBuilder, _branch: &'static str) {
         plan.always::<B, M>(self.0);
     }
 }
@@ -239,25 +298,38 @@ impl<B: Backend, M: Module<B>> PlanPlain for &Field<'_, B, M> {
 /// Recording, for a parent that uses this model conditionally, the parts
 /// `forward` uses always: nested models add their own always-used parts,
 /// plain modules all their parameters.
+///
+/// A nested model planned conditional by [`PlanNested`] records nothing
+/// here: the parent's uses of it record what they touch.
 pub trait RecordNested {
     #[allow(missing_docs)]
     fn __maskddp_record_always(self);
+    #[allow(missing_docs)]
+    fn __maskddp_record_always_if_plain(self);
 }
 
 impl<B: Backend, M: DdpModel<B>> RecordNested for &&Field<'_, B, M> {
     fn __maskddp_record_always(self) {
         self.0.record_always_used();
     }
+
+    fn __maskddp_record_always_if_plain(self) {}
 }
 
 /// See [`RecordNested`].
 pub trait RecordPlain {
     #[allow(missing_docs)]
     fn __maskddp_record_always(self);
+    #[allow(missing_docs)]
+    fn __maskddp_record_always_if_plain(self);
 }
 
 impl<B: Backend, M: Module<B>> RecordPlain for &Field<'_, B, M> {
     fn __maskddp_record_always(self) {
+        record_module::<B, M>(self.0);
+    }
+
+    fn __maskddp_record_always_if_plain(self) {
         record_module::<B, M>(self.0);
     }
 }

@@ -11,14 +11,14 @@
 //! so a parameter gets a gradient exactly when its use runs: the test can
 //! hold the plan and the records to autodiff's real gradients.
 //!
-//! The output is checked in; `generated_programs_are_current` fails when it
-//! differs from what this generator writes. Regenerate with
-//! `MASKDDP_BLESS=1 cargo test --test generated_programs current`.
+//! The output is checked in; `tests/generated_programs_source.rs` fails when
+//! it differs from what this generator writes. Regenerate with
+//! `MASKDDP_BLESS=1 cargo test --test generated_programs_source`.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use crate::common::Rng;
+use crate::shared::Rng;
 
 /// How many models the file holds.
 pub const MODELS: u64 = 300;
@@ -44,6 +44,8 @@ enum Field {
     Child,
     /// `kids: Vec<Child<B>>`.
     Kids,
+    /// `oc: Option<Child<B>>` (`None` in some models).
+    OptChild,
 }
 
 impl Field {
@@ -55,6 +57,7 @@ impl Field {
             Field::Opt => "opt: Option<Linear<B>>".into(),
             Field::Child => "ch: Child<B>".into(),
             Field::Kids => "kids: Vec<Child<B>>".into(),
+            Field::OptChild => "oc: Option<Child<B>>".into(),
         }
     }
 
@@ -66,6 +69,7 @@ impl Field {
             Field::Opt => "opt".into(),
             Field::Child => "ch".into(),
             Field::Kids => "kids".into(),
+            Field::OptChild => "oc".into(),
         }
     }
 }
@@ -109,6 +113,11 @@ struct Gen {
     helpers: Vec<String>,
     /// Helpers some statement calls.
     called: BTreeSet<String>,
+    /// Whether some statement hands a layer to the `apply` helper.
+    apply: bool,
+    /// Whether some statement calls the child's uninstrumented method, which
+    /// records all of the child (over-recording: bytes, not semantics).
+    loose: bool,
 }
 
 fn indent(lines: Vec<String>) -> Vec<String> {
@@ -190,8 +199,22 @@ impl Gen {
         let field = self.fields[self.rng.below(self.fields.len())];
         self.consumed.insert(field);
         match field {
-            Field::Lin(k) => match self.rng.below(3) {
+            Field::Lin(k) => match self.rng.below(6) {
                 0 => vec![format!("y = y.clone() + self.l{k}.forward(y).tanh();")],
+                1 => {
+                    self.apply = true;
+                    vec![format!("y = self.apply(&self.l{k}, y);")]
+                }
+                2 => {
+                    let f = self.name("run");
+                    let c = self.cond(scope, 1);
+                    vec![
+                        format!("let {f} = |m: &Linear<B>, t: Tensor<B, 2>| m.forward(t).tanh();"),
+                        format!("if {c} {{"),
+                        format!("    y = {f}(&self.l{k}, y);"),
+                        "}".into(),
+                    ]
+                }
                 _ => vec![format!("y = self.l{k}.forward(y).tanh();")],
             },
             Field::Param => vec!["y = y.matmul(self.p.val()).tanh();".into()],
@@ -252,12 +275,31 @@ impl Gen {
                 ],
             },
             Field::Child => {
+                if self.rng.chance(0.3) {
+                    // A method outside the child's `#[ddp_model]` block.
+                    self.loose = true;
+                    return vec!["y = self.ch.head_only(y).tanh();".into()];
+                }
                 let c = self.cond(scope, 1);
                 vec![format!("y = self.ch.forward(y, {c}).tanh();")]
             }
             Field::Kids => {
                 let (i, c) = (self.index(), self.cond(scope, 0));
                 vec![format!("y = self.kids[{i}].forward(y, {c}).tanh();")]
+            }
+            Field::OptChild => {
+                let c = self.cond(scope, 0);
+                if self.rng.chance(0.5) {
+                    vec![
+                        "if let Some(oc) = &self.oc {".into(),
+                        format!("    y = oc.forward(y, {c}).tanh();"),
+                        "}".into(),
+                    ]
+                } else {
+                    vec![format!(
+                        "y = self.oc.as_ref().map(|oc| oc.forward(y.clone(), {c}).tanh()).unwrap_or(y);"
+                    )]
+                }
             }
         }
     }
@@ -290,7 +332,7 @@ impl Gen {
         inner.in_loop = true;
         inner.indices.push(k.clone());
         let folded = |acc: &str| use_e.replacen("(y", &format!("({acc}"), 1);
-        match self.rng.below(9) {
+        match self.rng.below(16) {
             // for (k, e) in iter().enumerate() { body with break/continue }
             0..=2 => {
                 let mut body = Vec::new();
@@ -308,7 +350,12 @@ impl Gen {
                 if self.rng.chance(0.6) {
                     let c = self.cond(&inner, 1);
                     body.push(format!("if {c} {{"));
-                    body.push(format!("    y = {use_e};"));
+                    if self.rng.chance(0.5) {
+                        // The usual accumulation: `out = out + expert(x)`.
+                        body.push(format!("    y = y.clone() + {use_e};"));
+                    } else {
+                        body.push(format!("    y = {use_e};"));
+                    }
                     body.push("}".into());
                 } else {
                     body.push(format!("y = {use_e};"));
@@ -396,6 +443,122 @@ impl Gen {
                         "}".into(),
                     ]
                 }
+            }
+            9 => {
+                let c = self.cond(scope, 1);
+                let call = if kind == Kind::Linear && self.rng.chance(0.5) {
+                    self.apply = true;
+                    format!("self.apply({e}, y)")
+                } else {
+                    use_e.clone()
+                };
+                vec![
+                    format!("for {e} in &self.{container} {{"),
+                    format!("    if {c} {{"),
+                    format!("        y = {call};"),
+                    "    }".into(),
+                    "}".into(),
+                ]
+            }
+            // a slice by a range held in a variable
+            10 => {
+                let bound = self.routing();
+                let range = if self.rng.chance(0.5) {
+                    format!("..{k}")
+                } else {
+                    format!("{k}..")
+                };
+                vec![
+                    format!("let {k} = {bound} % {};", N + 1),
+                    format!("for {e} in &self.{container}[{range}] {{"),
+                    format!("    y = {use_e};"),
+                    "}".into(),
+                ]
+            }
+            11 => {
+                let pair = self.name("pair");
+                let nth = self.routing();
+                vec![
+                    format!("if let Some({pair}) = self.{container}.chunks(2).nth({nth} % 3) {{"),
+                    format!("    for {e} in {pair} {{"),
+                    format!("        y = {use_e};"),
+                    "    }".into(),
+                    "}".into(),
+                ]
+            }
+            12 => {
+                let c = self.cond(&inner, 1);
+                vec![
+                    format!(
+                        "if let Some(({k}, {e})) = self.{container}.iter().enumerate().find(|&({k}, _)| {c}) {{"
+                    ),
+                    format!("    y = {use_e};"),
+                    "}".into(),
+                ]
+            }
+            13 => {
+                let c = self.cond(scope, 1);
+                match self.rng.below(3) {
+                    0 | 1 => {
+                        let end = if self.rng.chance(0.5) {
+                            "first"
+                        } else {
+                            "last"
+                        };
+                        vec![
+                            format!("if let Some({e}) = self.{container}.{end}() {{"),
+                            format!("    if {c} {{"),
+                            format!("        y = {use_e};"),
+                            "    }".into(),
+                            "}".into(),
+                        ]
+                    }
+                    _ => {
+                        let shift = self.routing();
+                        vec![
+                            format!(
+                                "let (_, {e}) = self.{container}.iter().enumerate().min_by_key(|&({k}, _)| ({k} + {shift}) % {N}).unwrap();"
+                            ),
+                            format!("y = {use_e};"),
+                        ]
+                    }
+                }
+            }
+            // labeled `continue`/`break` out of an inner loop
+            14 => {
+                let label = self.name("'outer");
+                let j = self.name("j");
+                let mut both = inner.clone();
+                both.indices.push(j.clone());
+                let (skip, stop) = (self.cond(&both, 1), self.cond(&both, 1));
+                vec![
+                    format!("{label}: for ({k}, {e}) in self.{container}.iter().enumerate() {{"),
+                    format!("    for {j} in 0..2usize {{"),
+                    format!("        if {skip} {{"),
+                    format!("            continue {label};"),
+                    "        }".into(),
+                    format!("        if {stop} {{"),
+                    format!("            break {label};"),
+                    "        }".into(),
+                    "    }".into(),
+                    format!("    y = {use_e};"),
+                    "}".into(),
+                ]
+            }
+            15 => {
+                let (left, right, part) =
+                    (self.name("left"), self.name("right"), self.name("part"));
+                let (at, c) = (self.routing(), self.cond(scope, 1));
+                vec![
+                    format!(
+                        "let ({left}, {right}) = self.{container}.split_at({at} % {});",
+                        N + 1
+                    ),
+                    format!("let {part} = if {c} {{ {left} }} else {{ {right} }};"),
+                    format!("for {e} in {part} {{"),
+                    format!("    y = {use_e};"),
+                    "}".into(),
+                ]
             }
             // a counted loop indexing the container with a variable
             _ => {
@@ -587,6 +750,7 @@ fn model(index: u64) -> String {
             Field::Opt,
             Field::Child,
             Field::Kids,
+            Field::OptChild,
         ])
         .filter(|_| rng.chance(0.55))
         .collect();
@@ -601,6 +765,8 @@ fn model(index: u64) -> String {
         fresh: 0,
         helpers: (0..helper_count).map(|h| format!("helper{h}")).collect(),
         called: BTreeSet::new(),
+        apply: false,
+        loose: false,
     };
     let helper_scope = Scope {
         no_helpers: true,
@@ -622,7 +788,20 @@ fn model(index: u64) -> String {
             forward.insert(at, format!("    y = self.{helper}(y, r);"));
         }
     }
+    if generator.consumed.is_empty() {
+        // A model needs a parameter: use one last, unconditionally.
+        let at = forward.len() - 2;
+        let used = indent(generator.atom(&Scope::default()));
+        forward.splice(at..at, used);
+    }
     let with_opt = generator.rng.chance(0.7);
+    let apply = generator.apply.then(|| {
+        vec![
+            "fn apply(&self, layer: &Linear<B>, y: Tensor<B, 2>) -> Tensor<B, 2> {".to_string(),
+            "    layer.forward(y).tanh()".into(),
+            "}".into(),
+        ]
+    });
 
     // Only fields the bodies consume: a field never used is a compile error.
     let fields: Vec<Field> = generator.consumed.iter().copied().collect();
@@ -639,7 +818,11 @@ fn model(index: u64) -> String {
     writeln!(out, "    }}\n").unwrap();
     writeln!(out, "    #[maskddp::ddp_model]").unwrap();
     writeln!(out, "    impl<B: Backend> {name}<B> {{").unwrap();
-    for (i, method) in std::iter::once(forward).chain(helpers).enumerate() {
+    for (i, method) in std::iter::once(forward)
+        .chain(helpers)
+        .chain(apply)
+        .enumerate()
+    {
         if i > 0 {
             out.push('\n');
         }
@@ -652,7 +835,7 @@ fn model(index: u64) -> String {
     writeln!(out, "        fn build(device: &Device<Ad>) -> Self {{").unwrap();
     writeln!(out, "            Self {{").unwrap();
     for field in &fields {
-        let value = if *field == Field::Opt && !with_opt {
+        let value = if matches!(field, Field::Opt | Field::OptChild) && !with_opt {
             "None".to_string()
         } else {
             "Make::make(device)".to_string()
@@ -673,7 +856,8 @@ fn model(index: u64) -> String {
     writeln!(out, "    fn m{index:03}() {{").unwrap();
     writeln!(
         out,
-        "        check_model::<{name}<Ad>>(\"m{index:03}\", {index});"
+        "        check_model::<{name}<Ad>>(\"m{index:03}\", {index}, {});",
+        if generator.loose { "Loose" } else { "Exact" }
     )
     .unwrap();
     writeln!(out, "    }}").unwrap();
@@ -685,13 +869,28 @@ fn model(index: u64) -> String {
 pub fn generate() -> String {
     let mut out = String::from(
         "// @generated by tests/generated_programs/generator.rs: do not edit.\n\
-         // Regenerate with `MASKDDP_BLESS=1 cargo test --test generated_programs current`.\n\
+         // Regenerate with `MASKDDP_BLESS=1 cargo test --test generated_programs_source`.\n\
          //\n\
          // Generated code is written for coverage, not style.\n\
          #![allow(unused, clippy::all)]\n\
          \n\
-         use super::*;\n",
+         use super::*;\n\n",
     );
+    writeln!(
+        out,
+        "/// Elements of every `Vec` field.\npub const N: usize = {N};"
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "/// Length of the routing input `r`.\npub const R: usize = {R};"
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "/// Routing values are drawn from `0..R_MAX`.\npub const R_MAX: usize = {R_MAX};"
+    )
+    .unwrap();
     for index in 0..MODELS {
         out.push('\n');
         out.push_str(&model(index));

@@ -29,6 +29,15 @@ const USES_HELP: &str = "help: keep the code inside the `#[ddp_model]` impl bloc
                          or state the fields this statement uses with \
                          `#[ddp(uses(field, ...))]` on the statement";
 
+/// Which uses reach the must set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Must {
+    /// Every use of a field as a whole.
+    AnyUse,
+    /// Only calls of the field's `forward` ([`Site::forward_fields`]).
+    ForwardCalls,
+}
+
 struct Frame {
     label: Option<String>,
     is_loop: bool,
@@ -41,6 +50,7 @@ struct Walker<'a> {
     methods: &'a Methods<'a>,
     summaries: &'a std::collections::BTreeMap<String, Summary>,
     diag: Option<&'a Ctxt>,
+    must: Must,
     flow: Option<FieldSet>,
     exits: Option<FieldSet>,
     exit_note: Option<String>,
@@ -61,6 +71,7 @@ pub(super) fn walk_method(
     methods: &Methods<'_>,
     summaries: &std::collections::BTreeMap<String, Summary>,
     diag: Option<&Ctxt>,
+    must: Must,
     f: &ImplItemFn,
 ) -> Walked {
     let mut w = Walker {
@@ -69,6 +80,7 @@ pub(super) fn walk_method(
         methods,
         summaries,
         diag,
+        must,
         flow: Some(FieldSet::new()),
         exits: None,
         exit_note: None,
@@ -142,7 +154,10 @@ impl Walker<'_> {
             self.note_use(field, reason);
         }
         if let Some(flow) = &mut self.flow {
-            flow.extend(site.whole_fields());
+            flow.extend(match self.must {
+                Must::AnyUse => site.whole_fields(),
+                Must::ForwardCalls => site.forward_fields(),
+            });
         }
     }
 

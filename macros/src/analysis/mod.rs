@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, Member};
 
+use self::flow::Must;
 use crate::ctxt::Ctxt;
 use crate::model::{Model, member_name};
 
@@ -71,6 +72,12 @@ pub(crate) struct Summary {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum FieldUsage {
     Always,
+    /// Used as a whole on every path, but on some only through a method
+    /// other than its `forward`: always if it is a plain burn module (a call
+    /// uses all of it); if it is a nested `#[ddp_model]`, its own split may
+    /// not hold (the method may skip what its `forward` always uses), so all
+    /// of it is conditional, under this branch text.
+    AlwaysIfPlain(String),
     /// With the source text of the branch that guards the use.
     Conditional(String),
     Never,
@@ -129,7 +136,7 @@ pub(crate) fn analyse(cx: &Ctxt, fields: &FieldTable, imp: &mut ItemImpl) -> Opt
         report_missing_forward(cx, imp);
         return None;
     }
-    let summaries = fixpoint(fields, &sites, &methods);
+    let summaries = fixpoint(fields, &sites, &methods, Must::AnyUse);
 
     // Diagnose what `forward` can reach, once each.
     let mut reachable = vec!["forward".to_owned()];
@@ -142,6 +149,7 @@ pub(crate) fn analyse(cx: &Ctxt, fields: &FieldTable, imp: &mut ItemImpl) -> Opt
             &methods,
             &summaries,
             Some(cx),
+            Must::AnyUse,
             methods[&name],
         );
         opaque |= walked.opaque;
@@ -152,19 +160,25 @@ pub(crate) fn analyse(cx: &Ctxt, fields: &FieldTable, imp: &mut ItemImpl) -> Opt
         }
     }
 
-    let forward = &summaries["forward"];
+    let through_forward = fixpoint(fields, &sites, &methods, Must::ForwardCalls);
     Some(Analysis {
-        usage: classify(fields, forward),
+        usage: classify(fields, &summaries["forward"], &through_forward["forward"]),
         sites,
         opaque,
     })
 }
 
-fn classify(fields: &FieldTable, forward: &Summary) -> Vec<FieldUsage> {
+/// `forward` is `forward`'s summary; `through_forward` the same, with only
+/// calls of a field's own `forward` reaching the must set.
+fn classify(fields: &FieldTable, forward: &Summary, through_forward: &Summary) -> Vec<FieldUsage> {
     (0..fields.params.len())
         .map(|f| match forward.uses.get(&f) {
             None => FieldUsage::Never,
-            Some(_) if forward.always.contains(&f) => FieldUsage::Always,
+            Some(_) if through_forward.always.contains(&f) => FieldUsage::Always,
+            Some(_) if forward.always.contains(&f) => FieldUsage::AlwaysIfPlain(format!(
+                "some path uses `self.{}` other than through its `forward`",
+                fields.params[f]
+            )),
             Some(reason) => FieldUsage::Conditional(
                 reason
                     .clone()
@@ -178,6 +192,7 @@ fn fixpoint(
     fields: &FieldTable,
     sites: &[Site],
     methods: &Methods<'_>,
+    must: Must,
 ) -> BTreeMap<String, Summary> {
     let all: FieldSet = (0..fields.params.len()).collect();
     let mut summaries: BTreeMap<String, Summary> = methods
@@ -198,7 +213,8 @@ fn fixpoint(
     for _ in 0..bound {
         let mut changed = false;
         for (name, f) in methods {
-            let summary = flow::walk_method(fields, sites, methods, &summaries, None, f).summary;
+            let summary =
+                flow::walk_method(fields, sites, methods, &summaries, None, must, f).summary;
             if summaries[name] != summary {
                 summaries.insert(name.clone(), summary);
                 changed = true;

@@ -96,6 +96,17 @@ impl Site {
             Vec::new()
         }
     }
+
+    /// The fields this site surely uses through a call of their `forward`.
+    /// Only such a call is sure to use what a nested `#[ddp_model]` plans as
+    /// always: any other method (or a statement stating its uses) may use
+    /// any part of it.
+    pub(crate) fn forward_fields(&self) -> Vec<usize> {
+        match &self.kind {
+            Kind::Call(method) if method == "forward" && !self.every_root => self.whole_fields(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// The shape of a derived value, as far as syntax tells.
