@@ -120,8 +120,10 @@ const FIELD_KINDS: &[FieldKind] = &[
 ];
 
 struct Field {
-    /// `head` or `0`.
+    /// `head` or `0` as uses spell it (maybe raw: `r#head`).
     name: String,
+    /// As the struct declares it (maybe raw, or not where uses are).
+    decl: String,
     kind: FieldKind,
 }
 
@@ -284,7 +286,19 @@ fn generate_model(
                 format!("{stem}{index}")
             }
         };
-        fields.push(Field { name, kind });
+        // Raw identifiers: a keyword as a field name, or one spelling
+        // declared and the other used.
+        let (name, decl) = match (shape, rng.below(20)) {
+            (Shape::Tuple, _) => (name.clone(), name),
+            (_, 0) => {
+                let keyword = ["type", "match", "loop", "move", "ref", "where"][index % 6];
+                (format!("r#{keyword}"), format!("r#{keyword}"))
+            }
+            (_, 1) => (name.clone(), format!("r#{name}")),
+            (_, 2) => (format!("r#{name}"), name),
+            _ => (name.clone(), name),
+        };
+        fields.push(Field { name, decl, kind });
     }
     let inner = inner.unwrap_or("Child");
     let mut out = String::new();
@@ -351,15 +365,15 @@ fn item_decl(
         match shape {
             Shape::Tuple => write!(body, "{attrs}{field_vis}{ty}, "),
             Shape::Enum => {
-                let variant = f.name.to_uppercase();
+                let variant = f.decl.trim_start_matches("r#").to_uppercase();
                 if rng.chance(50) {
                     write!(body, "{variant}({ty}), ")
                 } else {
-                    write!(body, "{variant} {{ {}: {ty} }}, ", f.name)
+                    write!(body, "{variant} {{ {}: {ty} }}, ", f.decl)
                 }
             }
-            Shape::Union => write!(body, "{attrs}{}: core::mem::ManuallyDrop<{ty}>, ", f.name),
-            _ => write!(body, "{attrs}{field_vis}{}: {ty}, ", f.name),
+            Shape::Union => write!(body, "{attrs}{}: core::mem::ManuallyDrop<{ty}>, ", f.decl),
+            _ => write!(body, "{attrs}{field_vis}{}: {ty}, ", f.decl),
         }
         .unwrap();
     }
@@ -837,7 +851,8 @@ impl ModelGen<'_> {
                 Some(m) => {
                     let h = self.fresh("h");
                     self.aliases.push(h.clone());
-                    format!("let {h} = &{m};")
+                    let raw = if self.rng.chance(15) { "r#" } else { "" };
+                    format!("let {raw}{h} = &{m};")
                 }
                 None => "let _ = i;".to_owned(),
             },
@@ -1276,7 +1291,10 @@ fn mutate_once(rng: &mut Rng, trees: &mut Vec<Tree>, names: &[String]) {
     } else {
         *rng.pick(IDENTS)
     };
-    let ident = Ident::new(name, Span::call_site());
+    let ident = match name.strip_prefix("r#") {
+        Some(raw) => Ident::new_raw(raw, Span::call_site()),
+        None => Ident::new(name, Span::call_site()),
+    };
     let cut = rng.next() as usize;
     let edit = |list: &mut Vec<Tree>, index: usize| match op {
         // Delete a token (or a whole group).
@@ -1610,6 +1628,8 @@ struct Tally {
     /// Second halves that instrumented the impl block (no error).
     instrumented: u64,
     errors: u64,
+    /// The slowest case: its time and seed.
+    slowest: (std::time::Duration, u64),
     /// How often each message (its start) was emitted.
     messages: std::collections::BTreeMap<String, u64>,
 }
@@ -1781,6 +1801,10 @@ fn print_tally(kind: &str, tally: &Tally) {
         tally.second_half,
         tally.instrumented,
     );
+    println!(
+        "robustness ({kind}): slowest case {:?} (seed {:#x})",
+        tally.slowest.0, tally.slowest.1
+    );
     if std::env::var_os("MASKDDP_ROBUSTNESS_VERBOSE").is_some() {
         let mut messages: Vec<_> = tally.messages.iter().collect();
         messages.sort_by_key(|(_, n)| std::cmp::Reverse(**n));
@@ -1810,7 +1834,12 @@ fn run(
             tally.unlexable += 1;
             continue;
         };
+        let started = std::time::Instant::now();
         let problems = check_source(&source, &mut tally);
+        let took = started.elapsed();
+        if took > tally.slowest.0 {
+            tally.slowest = (took, seed);
+        }
         if !problems.is_empty() {
             failures.push((seed, source, problems));
         }
@@ -1867,4 +1896,108 @@ fn robustness_mutated_models() {
             "too few clean"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Regressions found by the cases above
+
+/// Both halves on `source` (a struct and its impl block): the second half's
+/// output, and the messages of the errors either half emitted.
+fn expand_both(source: &str) -> (TokenStream, Vec<String>) {
+    proc_macro2::extra::invalidate_current_thread_spans();
+    let tokens = TokenStream::from_str(source).expect("source lexes");
+    let outputs: Vec<TokenStream> = invocations(tokens)
+        .into_iter()
+        .map(|inv| expand::ddp_model(inv.args, inv.item))
+        .collect();
+    let (_, strukt) = struct_callback(&outputs[0]).expect("the struct's callback");
+    let (_, passed) = impl_callback_call(&outputs[1]).expect("the impl's call");
+    let mut input = TokenStream::from(TokenTree::Group(strukt));
+    input.extend(passed);
+    let output = expand::ddp_model_impl(input);
+    let mut emitted = Vec::new();
+    for out in outputs.iter().chain([&output]) {
+        compile_errors(out, &mut emitted);
+    }
+    (output, emitted.into_iter().map(|e| e.message).collect())
+}
+
+/// The usage verdicts of `imp` on `strukt`, by field name.
+fn verdicts(strukt: &str, imp: &str) -> Vec<(String, crate::analysis::FieldUsage)> {
+    let strukt: syn::ItemStruct = syn::parse_str(strukt).expect("struct parses");
+    let mut imp: syn::ItemImpl = syn::parse_str(imp).expect("impl parses");
+    let cx = crate::ctxt::Ctxt::new();
+    let model = crate::model::Model::from_struct(&cx, &strukt).expect("model");
+    let fields = crate::analysis::FieldTable::from_model(&model);
+    let usage = crate::analysis::analyse(&cx, &fields, &mut imp)
+        .expect("analysis")
+        .usage;
+    cx.check().expect("no errors");
+    fields.params.iter().cloned().zip(usage).collect()
+}
+
+/// A field named by a keyword, recorded by a `#[ddp(uses(..))]` statement:
+/// instrumentation built its member with `Ident::new("r#type")`, which
+/// panics.
+#[test]
+fn keyword_field_in_stated_uses() {
+    let (output, errors) = expand_both(
+        "#[ddp_model] struct Net<B: Backend> { r#type: Linear<B>, b: Linear<B> }
+         #[ddp_model] impl<B: Backend> Net<B> {
+             fn forward(&self, x: T, c: bool) -> T {
+                 #[ddp(uses(r#type, b))]
+                 let y = run(self, x);
+                 if c { self.r#type.forward(y) } else { y }
+             }
+         }",
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let output = output.to_string();
+    assert!(output.contains("self . r#type"), "{output}");
+    assert!(output.contains("self . b"), "{output}");
+}
+
+/// `self.r#a` and `self.a` are the same field to the compiler.
+#[test]
+fn raw_and_plain_spellings_name_one_field() {
+    use crate::analysis::FieldUsage::Always;
+    let v = verdicts(
+        "struct Net<B: Backend> { a: Linear<B>, r#b: Linear<B> }",
+        "impl<B: Backend> Net<B> {
+             fn forward(&self, x: T) -> T { self.b.forward(self.r#a.forward(x)) }
+         }",
+    );
+    assert_eq!(v, [("a".to_owned(), Always), ("b".to_owned(), Always)]);
+}
+
+/// `let r#h = &self.a;` binds `h`: a use through `h` is a use of `a` (it
+/// was missed, leaving the `else` path's use unrecorded).
+#[test]
+fn raw_binding_is_the_plain_local() {
+    use crate::analysis::FieldUsage::Always;
+    let v = verdicts(
+        "struct Net<B: Backend> { a: Linear<B> }",
+        "impl<B: Backend> Net<B> {
+             fn forward(&self, x: T, c: bool) -> T {
+                 if c { self.a.forward(x) } else { let r#h = &self.a; h.forward(x) }
+             }
+         }",
+    );
+    assert_eq!(v, [("a".to_owned(), Always)]);
+}
+
+/// A macro reading a parameter-free field is harmless, whichever spelling
+/// names the field.
+#[test]
+fn raw_parameter_free_field_in_macro() {
+    let v = verdicts(
+        "struct Net<B: Backend> { a: Linear<B>, r#n: usize, m: usize }",
+        "impl<B: Backend> Net<B> {
+             fn forward(&self, x: T) -> T {
+                 println!(\"{} {} {}\", self.r#n, self.n, self.r#m);
+                 self.a.forward(x)
+             }
+         }",
+    );
+    assert_eq!(v, [("a".to_owned(), crate::analysis::FieldUsage::Always)]);
 }
