@@ -230,14 +230,18 @@ impl Rewriter<'_> {
     }
 }
 
-/// `head` or `0` as a member token.
+/// `head` or `0` as a member token; a field named by a keyword (`type`,
+/// declared `r#type`) is written raw.
 fn member(name: &str) -> syn::Member {
     match name.parse::<u32>() {
         Ok(index) => syn::Member::Unnamed(syn::Index {
             index,
             span: Span::call_site(),
         }),
-        Err(_) => syn::Member::Named(syn::Ident::new(name, Span::call_site())),
+        Err(_) => syn::Member::Named(
+            syn::parse_str::<syn::Ident>(name)
+                .unwrap_or_else(|_| syn::Ident::new_raw(name, Span::call_site())),
+        ),
     }
 }
 

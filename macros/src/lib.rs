@@ -10,6 +10,8 @@ mod instrument;
 mod model;
 
 #[cfg(test)]
+mod robustness;
+#[cfg(test)]
 mod snapshot;
 
 use proc_macro::TokenStream;

@@ -34,9 +34,10 @@ impl ModelField<'_> {
     }
 }
 
+/// The field's name as the compiler sees it: `r#head` is `head`.
 pub(crate) fn member_name(member: &Member) -> String {
     match member {
-        Member::Named(ident) => ident.to_string(),
+        Member::Named(ident) => syn::ext::IdentExt::unraw(ident).to_string(),
         Member::Unnamed(index) => index.index.to_string(),
     }
 }

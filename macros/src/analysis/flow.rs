@@ -600,7 +600,10 @@ impl Walker<'_> {
     fn harmless_self(&self, after: &[TokenTree]) -> bool {
         let dot = matches!(after.first(), Some(TokenTree::Punct(p)) if p.as_char() == '.');
         let field = match after.get(1) {
-            Some(TokenTree::Ident(f)) => self.fields.others.contains(&f.to_string()),
+            Some(TokenTree::Ident(f)) => {
+                let name = syn::ext::IdentExt::unraw(f).to_string();
+                self.fields.others.contains(&name)
+            }
             Some(TokenTree::Literal(l)) => self.fields.others.contains(&l.to_string()),
             _ => false,
         };

@@ -386,6 +386,11 @@ pub(crate) fn is_self(expr: &Expr) -> bool {
     matches!(unparen(expr), Expr::Path(p) if p.qself.is_none() && p.path.is_ident("self"))
 }
 
+/// A binding's name as the compiler sees it: `r#h` is `h`.
+fn unraw(name: &str) -> &str {
+    name.strip_prefix("r#").unwrap_or(name)
+}
+
 /// The single identifier a path expression names.
 fn local_name(expr: &Expr) -> Option<String> {
     match unparen(expr) {
@@ -463,6 +468,7 @@ fn mark(expr: &mut Expr, n: usize) {
 
 impl Tracker<'_> {
     fn lookup(&self, name: &str) -> Option<Shape> {
+        let name = unraw(name);
         self.scopes
             .iter()
             .rev()
@@ -474,13 +480,14 @@ impl Tracker<'_> {
     fn bind_name(&mut self, name: String, shape: Option<Shape>) {
         let shape = shape.filter(|s| !s.roots().is_empty());
         if let Some(scope) = self.scopes.last_mut() {
-            scope.push((name, shape));
+            scope.push((unraw(&name).to_owned(), shape));
         }
     }
 
     /// `name = value`: the binding, in whichever scope holds it, may now
     /// hold either value.
     fn rebind(&mut self, name: &str, shape: Shape) {
+        let name = unraw(name);
         let entry = self
             .scopes
             .iter_mut()
