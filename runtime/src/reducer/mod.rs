@@ -452,15 +452,17 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             self.op = Op::Bucket(index as u32);
 
             let start = Instant::now();
-            self.bucket.clear();
+            // No zero-fill: the spans tile the bucket, and each is written
+            // below, by a copy or by zeros.
             self.bucket.resize(bucket.numel, 0.0);
             for span in spans {
+                let values = &mut self.bucket[span.range()];
                 // Another rank has this gradient, this one not: it
-                // contributes the zeros already in place.
+                // contributes zeros.
                 let Some(data) = &self.local[span.slot] else {
+                    values.fill(0.0);
                     continue;
                 };
-                let values = &mut self.bucket[span.range()];
                 if !check {
                     grads::copy_f32(data, values);
                 } else if !grads::copy_f32_checked(data, values) {
