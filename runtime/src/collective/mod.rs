@@ -5,6 +5,8 @@
 //! operation) so an implementation can tell when ranks disagree about where
 //! they are, and say so instead of reducing unrelated buffers.
 
+#[cfg(feature = "mpi")]
+mod mpi;
 mod thread_group;
 
 use std::fmt;
@@ -12,6 +14,8 @@ use std::time::Duration;
 
 use half::{bf16, f16};
 
+#[cfg(feature = "mpi")]
+pub use mpi::{MpiCollective, MpiConfig, MpiInitError};
 pub use thread_group::{ThreadCollective, ThreadGroup, ThreadGroupConfig};
 
 /// The operation a collective call belongs to.
@@ -214,6 +218,8 @@ impl fmt::Display for CallView {
 fn list_ranks(ranks: &[usize]) -> String {
     let names: Vec<String> = ranks.iter().map(usize::to_string).collect();
     match names.len() {
+        // MPI cannot tell which ranks have not arrived.
+        0 => "a rank (the collective cannot tell which)".to_owned(),
         1 => format!("rank {}", names[0]),
         _ => format!("ranks {}", names.join(", ")),
     }
