@@ -152,41 +152,41 @@ pub trait Collective: Send {
     }
 }
 
-impl<C: Collective + ?Sized> Collective for Box<C> {
-    fn rank(&self) -> usize {
-        (**self).rank()
-    }
-    fn world_size(&self) -> usize {
-        (**self).world_size()
-    }
-    fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError> {
-        (**self).all_reduce_sum(tag, data)
-    }
-    fn all_reduce_counts(&mut self, tag: Tag, counts: &mut [u32]) -> Result<(), CollectiveError> {
-        (**self).all_reduce_counts(tag, counts)
-    }
-    fn broadcast(
-        &mut self,
-        tag: Tag,
-        root: usize,
-        data: &mut [f32],
-    ) -> Result<(), CollectiveError> {
-        (**self).broadcast(tag, root, data)
-    }
-    fn all_gather_bytes(
-        &mut self,
-        tag: Tag,
-        local: &[u8],
-    ) -> Result<Vec<Vec<u8>>, CollectiveError> {
-        (**self).all_gather_bytes(tag, local)
-    }
-    fn barrier(&mut self, tag: Tag) -> Result<(), CollectiveError> {
-        (**self).barrier(tag)
-    }
-    fn abort(&mut self, tag: Tag, reason: &str) {
-        (**self).abort(tag, reason)
-    }
+/// Forwards [`Collective`] through a pointer type. A reducer can own its
+/// collective, or borrow it (`&mut`): MPI can be initialised only once per
+/// process, so several reducers in turn share one `MpiCollective`.
+macro_rules! forward_collective {
+    ($($pointer:ty),*) => {$(
+        impl<C: Collective + ?Sized> Collective for $pointer {
+            fn rank(&self) -> usize {
+                (**self).rank()
+            }
+            fn world_size(&self) -> usize {
+                (**self).world_size()
+            }
+            fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError> {
+                (**self).all_reduce_sum(tag, data)
+            }
+            fn all_reduce_counts(&mut self, tag: Tag, counts: &mut [u32]) -> Result<(), CollectiveError> {
+                (**self).all_reduce_counts(tag, counts)
+            }
+            fn broadcast(&mut self, tag: Tag, root: usize, data: &mut [f32]) -> Result<(), CollectiveError> {
+                (**self).broadcast(tag, root, data)
+            }
+            fn all_gather_bytes(&mut self, tag: Tag, local: &[u8]) -> Result<Vec<Vec<u8>>, CollectiveError> {
+                (**self).all_gather_bytes(tag, local)
+            }
+            fn barrier(&mut self, tag: Tag) -> Result<(), CollectiveError> {
+                (**self).barrier(tag)
+            }
+            fn abort(&mut self, tag: Tag, reason: &str) {
+                (**self).abort(tag, reason)
+            }
+        }
+    )*};
 }
+
+forward_collective!(Box<C>, &mut C);
 
 /// What one rank called, as reported in a mismatch.
 #[derive(Debug, Clone, PartialEq, Eq)]
