@@ -163,7 +163,7 @@ pub enum Launch {
     Threads,
     /// Started by `mpirun`: this process is one rank.
     #[cfg(feature = "mpi")]
-    Mpi(MpiCollective),
+    Mpi(Box<MpiCollective>),
 }
 
 /// Picks the collective from the environment (see [`LaunchEnv::detect`]):
@@ -175,7 +175,9 @@ pub fn init_from_env() -> Result<Launch, LaunchError> {
     match LaunchEnv::from_env()? {
         LaunchEnv::Threads => Ok(Launch::Threads),
         #[cfg(feature = "mpi")]
-        LaunchEnv::Mpi { .. } => Ok(Launch::Mpi(MpiCollective::init(MpiConfig::default())?)),
+        LaunchEnv::Mpi { .. } => Ok(Launch::Mpi(Box::new(MpiCollective::init(
+            MpiConfig::default(),
+        )?))),
         #[cfg(not(feature = "mpi"))]
         LaunchEnv::Mpi { .. } => Err(LaunchError::FeatureMissing {
             launcher: "mpirun",

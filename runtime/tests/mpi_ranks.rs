@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         mpi: MpiCollective::init(config).expect("MPI starts"),
         step: 0,
     };
-    let checks: [(&str, fn(&mut Checker)); 5] = [
+    let checks: [(&str, Check); 5] = [
         ("f32 and u32 sums, broadcast, gather", collective_operations),
         ("bf16 and f16 summed in f32, rounded once", compressed_sums),
         ("reduced gradients equal the reference", reducer_equivalence),
@@ -49,6 +49,8 @@ fn main() -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+type Check = fn(&mut Checker);
 
 /// The collective, and the step numbers of the checks' own calls (kept
 /// apart from each other so that a desynchronised check is a mismatch).
@@ -346,7 +348,7 @@ fn training_replicas(c: &mut Checker) {
         for step in 0..30 {
             let route = Route {
                 experts: vec![(rank + step / 3) % EXPERTS],
-                head: (step + rank) % 3 == 0,
+                head: (step + rank).is_multiple_of(3),
                 ..Route::default()
             };
             let x = input::<Ad>((step * 16 + rank) as u64, 8, &device);

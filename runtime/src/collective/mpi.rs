@@ -228,10 +228,12 @@ impl Link {
 
     /// Reports `err` on stderr and ends every process of the job.
     fn abort_job(&self, err: &CollectiveError) -> ! {
-        eprintln!(
-            "maskddp: {err}\nmaskddp: rank {} aborts the MPI job",
+        // One write: lines of several ranks interleave otherwise.
+        let report = format!(
+            "maskddp: {err}\nmaskddp: rank {} aborts the MPI job\n",
             self.rank
         );
+        eprint!("{report}");
         self.comm.abort(ABORT_CODE)
     }
 
