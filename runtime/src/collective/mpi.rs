@@ -43,6 +43,11 @@ use half::{bf16, f16};
 
 use super::{CallView, Collective, CollectiveError, Tag, WireBuf};
 
+/// Calls to `MPI_Test` between yields of the core while waiting: a yield
+/// after every call delays each round of a large all-reduce (measured up to
+/// 2.5× slower on 2 cores), never yielding starves ranks sharing a core.
+const POLLS_PER_YIELD: u32 = 64;
+
 /// The exit code of a job this collective aborts.
 const ABORT_CODE: i32 = 1;
 
@@ -211,6 +216,7 @@ impl Link {
     /// `start`, when this rank entered the operation) it aborts the job.
     fn wait(&self, tag: Tag, mut request: raw::Request, start: Instant) {
         let deadline = start.checked_add(self.timeout);
+        let mut polls = 0u32;
         while !self.comm.test(&mut request) {
             let now = Instant::now();
             if deadline.is_some_and(|deadline| now >= deadline) {
@@ -221,8 +227,12 @@ impl Link {
                     waited: now - start,
                 });
             }
-            // Ranks may share cores (`mpirun --oversubscribe`).
-            std::thread::yield_now();
+            // MPI progresses only inside calls, so poll hard; but now and
+            // then let ranks that share cores (`--oversubscribe`) run.
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(POLLS_PER_YIELD) {
+                std::thread::yield_now();
+            }
         }
     }
 
