@@ -439,7 +439,7 @@ fn run_variant<C: Collective>(
                 // Every rank a different expert; the head on some steps of
                 // some ranks.
                 let expert = (step * world + rank) % experts;
-                m.forward(x, &[expert], (step + rank) % 3 == 0)
+                m.forward(x, &[expert], (step + rank).is_multiple_of(3))
             },
         ),
         Variant::AllUsed => {
