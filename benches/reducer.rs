@@ -8,6 +8,9 @@
 //! cargo bench --bench reducer -- --quick   # fewer steps and repetitions
 //! cargo bench --bench reducer -- --only 3  # only the recording benchmark
 //! cargo bench --bench reducer -- --only 4  # only the non-finite checks
+//!
+//! cargo bench --bench reducer --features mpi --no-run   # prints the binary's path
+//! mpirun -np 4 <that path> --quick   # sections 1 and 2, one rank per process
 //! ```
 //!
 //! Every number is reported as a ratio against a baseline measured in the same
@@ -28,8 +31,12 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use maskddp::{
     Collective, DdpModel, NonFinite, Op, PlanBuilder, Reducer, ReducerConfig, StepStats, Tag,
-    ThreadCollective, ThreadGroup, UsageRecord, WireBuf, WireFormat, ddp_model,
+    ThreadGroup, UsageRecord, WireBuf, WireFormat, ddp_model,
 };
+
+#[cfg(feature = "mpi")]
+#[path = "reducer/mpi.rs"]
+mod mpi;
 
 type Ad = Autodiff<NdArray>;
 
@@ -234,6 +241,14 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let settings = Settings::new(quick);
+    #[cfg(feature = "mpi")]
+    if matches!(
+        maskddp::LaunchEnv::from_env(),
+        Ok(maskddp::LaunchEnv::Mpi { .. })
+    ) {
+        mpi::run(&settings);
+        return;
+    }
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     let started = Instant::now();
     println!(
@@ -373,9 +388,9 @@ where
 /// a barrier (so that no rank's `reduce` time includes waiting for a slower
 /// backward elsewhere) and the timed `reduce`. Gradients are discarded; the
 /// parameters never change, so every step reduces the same amount of work.
-fn rank_loop<M>(
+fn rank_loop<M, C: Collective>(
     model: M,
-    collective: ThreadCollective,
+    collective: C,
     settings: Settings,
     forward: impl Fn(&M, Tensor<Ad, 2>, usize) -> Tensor<Ad, 2>,
 ) -> RankRun
@@ -405,6 +420,48 @@ where
     run
 }
 
+/// `rank`'s steps of one variant.
+fn run_variant<C: Collective>(
+    variant: Variant,
+    rank: usize,
+    world: usize,
+    collective: C,
+    settings: Settings,
+) -> RankRun {
+    let device = Default::default();
+    let experts = settings.experts;
+    match variant {
+        Variant::MaskAware => rank_loop(
+            MoeNet::<Ad>::new(settings.hidden, experts, &device),
+            collective,
+            settings,
+            move |m, x, step| {
+                // Every rank a different expert; the head on some steps of
+                // some ranks.
+                let expert = (step * world + rank) % experts;
+                m.forward(x, &[expert], (step + rank).is_multiple_of(3))
+            },
+        ),
+        Variant::AllUsed => {
+            let all: Vec<usize> = (0..experts).collect();
+            rank_loop(
+                MoeNet::<Ad>::new(settings.hidden, experts, &device),
+                collective,
+                settings,
+                move |m, x, _| m.forward(x, &all, true),
+            )
+        }
+        Variant::DensePlan => {
+            let model = DenseMoeNet::<Ad>::new(settings.hidden, experts, &device);
+            assert!(
+                !model.usage_plan().has_conditional(),
+                "the dense baseline must have no conditional slot"
+            );
+            rank_loop(model, collective, settings, |m, x, _| m.forward(x))
+        }
+    }
+}
+
 fn run_case(settings: &Settings, world: usize, variant: Variant) -> CaseResult {
     let settings = *settings;
     let handles: Vec<_> = ThreadGroup::new(world)
@@ -416,37 +473,7 @@ fn run_case(settings: &Settings, world: usize, variant: Variant) -> CaseResult {
                 .spawn(move || {
                     let device = Default::default();
                     <Ad as Backend>::seed(&device, 11 + rank as u64);
-                    let experts = settings.experts;
-                    match variant {
-                        Variant::MaskAware => rank_loop(
-                            MoeNet::<Ad>::new(settings.hidden, experts, &device),
-                            collective,
-                            settings,
-                            move |m, x, step| {
-                                // Every rank a different expert; the head on
-                                // some steps of some ranks.
-                                let expert = (step * world + rank) % experts;
-                                m.forward(x, &[expert], (step + rank) % 3 == 0)
-                            },
-                        ),
-                        Variant::AllUsed => {
-                            let all: Vec<usize> = (0..experts).collect();
-                            rank_loop(
-                                MoeNet::<Ad>::new(settings.hidden, experts, &device),
-                                collective,
-                                settings,
-                                move |m, x, _| m.forward(x, &all, true),
-                            )
-                        }
-                        Variant::DensePlan => {
-                            let model = DenseMoeNet::<Ad>::new(settings.hidden, experts, &device);
-                            assert!(
-                                !model.usage_plan().has_conditional(),
-                                "the dense baseline must have no conditional slot"
-                            );
-                            rank_loop(model, collective, settings, |m, x, _| m.forward(x))
-                        }
-                    }
+                    run_variant(variant, rank, world, collective, settings)
                 })
                 .expect("spawn rank")
         })
@@ -455,7 +482,11 @@ fn run_case(settings: &Settings, world: usize, variant: Variant) -> CaseResult {
         .into_iter()
         .map(|h| h.join().expect("rank panicked"))
         .collect();
+    aggregate(world, variant, &runs)
+}
 
+/// One case's result from every rank's wall times and rank 0's statistics.
+fn aggregate(world: usize, variant: Variant, runs: &[RankRun]) -> CaseResult {
     let steps = runs[0].wall.len();
     let slowest: Vec<Duration> = (0..steps)
         .map(|s| runs.iter().map(|r| r.wall[s]).max().expect("ranks"))
@@ -514,6 +545,13 @@ fn bench_reducer(settings: &Settings) -> Vec<CaseResult> {
         }
     }
 
+    print_reducer_table(&results);
+    results
+}
+
+/// The table of section 1: per world size, each variant against the dense
+/// baseline.
+fn print_reducer_table(results: &[CaseResult]) {
     println!(
         "\n{:>5}  {:<27} {:>10} {:>8} {:>10} {:>8} {:>8} {:>9} {:>8} {:>10} {:>10}",
         "world",
@@ -528,7 +566,7 @@ fn bench_reducer(settings: &Settings) -> Vec<CaseResult> {
         "time/base",
         "bytes/base"
     );
-    for r in &results {
+    for r in results {
         let base = results
             .iter()
             .find(|b| b.world == r.world && b.variant == Variant::DensePlan)
@@ -558,7 +596,6 @@ fn bench_reducer(settings: &Settings) -> Vec<CaseResult> {
             .find(|r| r.variant == Variant::MaskAware)
             .map_or(0.0, |r| r.usage_bytes),
     );
-    results
 }
 
 // ---------------------------------------------------------------------------

@@ -3,10 +3,14 @@
 //!
 //! ```text
 //! cargo run --release --example moe_training -- --help
+//! cargo build --release --example moe_training --features mpi
+//! mpirun -np 4 target/release/examples/moe_training --collective mpi
 //! ```
 
 mod data;
 mod model;
+#[cfg(feature = "mpi")]
+mod mpi;
 
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -20,7 +24,9 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use maskddp::{Averaging, DdpModel, Reducer, ReducerConfig, StatsSummary, ThreadGroup, WireFormat};
+use maskddp::{
+    Averaging, Collective, DdpModel, Reducer, ReducerConfig, StatsSummary, ThreadGroup, WireFormat,
+};
 
 use data::Teachers;
 use model::MoeNet;
@@ -31,7 +37,7 @@ type Train = Autodiff<NdArray>;
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 struct Args {
-    /// Number of data-parallel ranks.
+    /// Number of data-parallel ranks (threads; under mpirun, `-np` sets it).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     ranks: u16,
     /// Optimizer steps.
@@ -137,11 +143,17 @@ const OUTPUT: usize = 4;
 
 /// What each rank hands back when it finishes.
 struct RankResult {
+    outcome: RankOutcome,
+    summary: StatsSummary,
+    plan_table: String,
+}
+
+/// What the report shows of every rank.
+#[derive(Debug, Clone, Copy)]
+struct RankOutcome {
     rank: usize,
     checksum: u64,
     losses: LossSummary,
-    summary: StatsSummary,
-    plan_table: String,
 }
 
 /// The parts of one rank's loss curve the report prints, gathered step by
@@ -216,28 +228,45 @@ struct Progress {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match args.collective {
-        CollectiveArg::Threads => {}
-        other => {
-            eprintln!(
-                "error: the `{other:?}` collective is not compiled into this build yet; \
-                 use `--collective threads`"
-            );
-            return ExitCode::from(2);
-        }
-    }
-    if let Err(message) = check_memory(&args) {
-        eprintln!("error: {message}");
-        return ExitCode::from(2);
-    }
-    match run(&args) {
+    let outcome = match args.collective {
+        CollectiveArg::Threads => check_memory(&args)
+            .map_err(Failure::Usage)
+            .and_then(|()| run(&args).map_err(Failure::Run)),
+        #[cfg(feature = "mpi")]
+        CollectiveArg::Mpi => mpi::run(args),
+        #[cfg(not(feature = "mpi"))]
+        CollectiveArg::Mpi => Err(Failure::Usage(
+            "`--collective mpi` needs the MPI collective: build with \
+             `cargo build --release --example moe_training --features mpi` and start it with \
+             `mpirun -np 4 target/release/examples/moe_training --collective mpi`"
+                .to_owned(),
+        )),
+        CollectiveArg::Nccl => Err(Failure::Usage(
+            "the `nccl` collective is not part of this version; use `--collective threads` \
+             or `--collective mpi`"
+                .to_owned(),
+        )),
+    };
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
-        Err(message) => {
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(message)) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Why the job did not run to the end.
+enum Failure {
+    /// Flags or environment that cannot work: nothing ran (exit code 2).
+    Usage(String),
+    /// The run failed (exit code 1).
+    Run(String),
 }
 
 /// Parameters of one `MoeNet` replica.
@@ -394,39 +423,32 @@ fn reducer_config(args: &Args) -> ReducerConfig {
 fn run(args: &Args) -> Result<bool, String> {
     let ranks = args.ranks as usize;
     let steps = args.steps as usize;
-    let started = Instant::now();
+    let mut bar = Bar::new(steps);
     let (progress_tx, progress_rx) = mpsc::channel::<Progress>();
     let handles: Vec<_> = ThreadGroup::new(ranks)
         .into_iter()
-        .zip(initial_models(args))
+        .zip(initial_models(args, ranks))
         .enumerate()
         .map(|(rank, (collective, model))| {
             let args = args.clone();
             let progress = (rank == 0).then(|| progress_tx.clone());
+            let report_progress = move |p: Progress| {
+                if let Some(progress) = &progress {
+                    let _ = progress.send(p);
+                }
+            };
             thread::Builder::new()
                 .name(format!("rank-{rank}"))
-                .spawn(move || train_rank(rank, model, collective, &args, progress))
+                .spawn(move || train_rank(rank, model, collective, &args, report_progress))
                 .map_err(|e| format!("cannot start rank {rank}: {e}"))
         })
         .collect::<Result<_, _>>()?;
     drop(progress_tx);
 
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise}]",
-        )
-        .expect("the progress template is valid"),
-    );
-    let mut smoothed = None::<f32>;
-    for Progress { step, loss } in progress_rx {
-        let value = smoothed.map_or(loss, |s| 0.9 * s + 0.1 * loss);
-        smoothed = Some(value);
-        let per_second = (step + 1) as f64 / started.elapsed().as_secs_f64();
-        bar.set_position(step as u64 + 1);
-        bar.set_message(format!("loss {value:.4}  {per_second:.1} steps/s"));
+    for progress in progress_rx {
+        bar.update(progress);
     }
-    bar.finish();
+    bar.bar.finish();
 
     let mut results = Vec::with_capacity(ranks);
     let mut errors = Vec::new();
@@ -440,7 +462,42 @@ fn run(args: &Args) -> Result<bool, String> {
     if !errors.is_empty() {
         return Err(first_cause(args, errors));
     }
-    Ok(report(args, started.elapsed(), &results))
+    let first = &results[0];
+    let outcomes: Vec<RankOutcome> = results.iter().map(|r| r.outcome).collect();
+    Ok(report(args, bar.started.elapsed(), first, &outcomes))
+}
+
+/// Rank 0's progress bar.
+struct Bar {
+    bar: ProgressBar,
+    started: Instant,
+    smoothed: Option<f32>,
+}
+
+impl Bar {
+    fn new(steps: usize) -> Self {
+        let bar = ProgressBar::new(steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:40.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise}]",
+            )
+            .expect("the progress template is valid"),
+        );
+        Self {
+            bar,
+            started: Instant::now(),
+            smoothed: None,
+        }
+    }
+
+    fn update(&mut self, Progress { step, loss }: Progress) {
+        let value = self.smoothed.map_or(loss, |s| 0.9 * s + 0.1 * loss);
+        self.smoothed = Some(value);
+        let per_second = (step + 1) as f64 / self.started.elapsed().as_secs_f64();
+        self.bar.set_position(step as u64 + 1);
+        self.bar
+            .set_message(format!("loss {value:.4}  {per_second:.1} steps/s"));
+    }
 }
 
 /// The message for the error that caused the others: the earliest divergence,
@@ -485,10 +542,10 @@ fn first_cause(args: &Args, mut errors: Vec<(usize, RankError)>) -> String {
 /// its parameters are initialised lazily, on first read: ranks initialising
 /// on their own threads would draw from it in a racy order, and the same seed
 /// would not give the same run twice.
-fn initial_models(args: &Args) -> Vec<MoeNet<Train>> {
+fn initial_models(args: &Args, count: usize) -> Vec<MoeNet<Train>> {
     let device = Default::default();
     <Train as Backend>::seed(&device, args.seed);
-    (0..args.ranks)
+    (0..count)
         .map(|_| {
             let model = MoeNet::<Train>::new(
                 INPUT,
@@ -504,12 +561,12 @@ fn initial_models(args: &Args) -> Vec<MoeNet<Train>> {
         .collect()
 }
 
-fn train_rank(
+fn train_rank<C: Collective>(
     rank: usize,
     model: MoeNet<Train>,
-    collective: maskddp::ThreadCollective,
+    collective: C,
     args: &Args,
-    progress: Option<mpsc::Sender<Progress>>,
+    mut progress: impl FnMut(Progress),
 ) -> Result<RankResult, RankError> {
     let device = Default::default();
     let (mut model, mut reducer) = Reducer::new(model, collective, reducer_config(args))?;
@@ -543,12 +600,10 @@ fn train_rank(
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let grads = reducer.reduce(grads)?;
         model = optimizer.step(args.lr, model, grads);
-        if let Some(progress) = &progress {
-            let _ = progress.send(Progress {
-                step,
-                loss: loss_value,
-            });
-        }
+        progress(Progress {
+            step,
+            loss: loss_value,
+        });
     }
     let valid = model.valid();
     if !parameters_are_finite(&valid) {
@@ -558,9 +613,11 @@ fn train_rank(
         });
     }
     Ok(RankResult {
-        rank,
-        checksum: maskddp::parameter_checksum(&valid),
-        losses,
+        outcome: RankOutcome {
+            rank,
+            checksum: maskddp::parameter_checksum(&valid),
+            losses,
+        },
         summary: reducer.summary(),
         plan_table: model.usage_plan().table().to_string(),
     })
@@ -581,9 +638,9 @@ fn parameters_are_finite<B: Backend, M: Module<B>>(model: &M) -> bool {
     finite.0
 }
 
-/// Prints the summary; returns whether every replica is bit-identical.
-fn report(args: &Args, elapsed: Duration, results: &[RankResult]) -> bool {
-    let first = &results[0];
+/// Prints rank 0's plan and statistics and every rank's loss and checksum;
+/// returns whether every replica is bit-identical.
+fn report(args: &Args, elapsed: Duration, first: &RankResult, results: &[RankOutcome]) -> bool {
     println!("\nplan of MoeNet:\n{}\n", first.plan_table);
     println!(
         "{} steps on {} ranks in {:.1?} ({:.1} ms/step)",
@@ -610,7 +667,7 @@ fn report(args: &Args, elapsed: Duration, results: &[RankResult]) -> bool {
     println!("\nreplica check:");
     let mut identical = true;
     for result in results {
-        let same = result.checksum == first.checksum;
+        let same = result.checksum == first.outcome.checksum;
         identical &= same;
         println!(
             "  rank {}: parameters checksum {:016x} {}",

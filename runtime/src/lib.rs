@@ -5,6 +5,7 @@
 
 pub mod collective;
 mod error;
+mod launch;
 mod layout;
 mod model;
 mod plan;
@@ -18,7 +19,10 @@ pub mod __private;
 pub use collective::{
     Collective, CollectiveError, Op, Tag, ThreadCollective, ThreadGroup, ThreadGroupConfig, WireBuf,
 };
+#[cfg(feature = "mpi")]
+pub use collective::{MpiCollective, MpiConfig, MpiInitError};
 pub use error::DdpError;
+pub use launch::{Launch, LaunchEnv, LaunchError, init_from_env};
 pub use layout::{ParamLayout, ParamSlot};
 pub use model::DdpModel;
 pub use plan::{PlanBuilder, PlanTable, Usage, UsagePlan};

@@ -5,6 +5,8 @@
 //! operation) so an implementation can tell when ranks disagree about where
 //! they are, and say so instead of reducing unrelated buffers.
 
+#[cfg(feature = "mpi")]
+mod mpi;
 mod thread_group;
 
 use std::fmt;
@@ -12,6 +14,8 @@ use std::time::Duration;
 
 use half::{bf16, f16};
 
+#[cfg(feature = "mpi")]
+pub use mpi::{MpiCollective, MpiConfig, MpiInitError};
 pub use thread_group::{ThreadCollective, ThreadGroup, ThreadGroupConfig};
 
 /// The operation a collective call belongs to.
@@ -148,41 +152,41 @@ pub trait Collective: Send {
     }
 }
 
-impl<C: Collective + ?Sized> Collective for Box<C> {
-    fn rank(&self) -> usize {
-        (**self).rank()
-    }
-    fn world_size(&self) -> usize {
-        (**self).world_size()
-    }
-    fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError> {
-        (**self).all_reduce_sum(tag, data)
-    }
-    fn all_reduce_counts(&mut self, tag: Tag, counts: &mut [u32]) -> Result<(), CollectiveError> {
-        (**self).all_reduce_counts(tag, counts)
-    }
-    fn broadcast(
-        &mut self,
-        tag: Tag,
-        root: usize,
-        data: &mut [f32],
-    ) -> Result<(), CollectiveError> {
-        (**self).broadcast(tag, root, data)
-    }
-    fn all_gather_bytes(
-        &mut self,
-        tag: Tag,
-        local: &[u8],
-    ) -> Result<Vec<Vec<u8>>, CollectiveError> {
-        (**self).all_gather_bytes(tag, local)
-    }
-    fn barrier(&mut self, tag: Tag) -> Result<(), CollectiveError> {
-        (**self).barrier(tag)
-    }
-    fn abort(&mut self, tag: Tag, reason: &str) {
-        (**self).abort(tag, reason)
-    }
+/// Forwards [`Collective`] through a pointer type. A reducer can own its
+/// collective, or borrow it (`&mut`): MPI can be initialised only once per
+/// process, so several reducers in turn share one `MpiCollective`.
+macro_rules! forward_collective {
+    ($($pointer:ty),*) => {$(
+        impl<C: Collective + ?Sized> Collective for $pointer {
+            fn rank(&self) -> usize {
+                (**self).rank()
+            }
+            fn world_size(&self) -> usize {
+                (**self).world_size()
+            }
+            fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError> {
+                (**self).all_reduce_sum(tag, data)
+            }
+            fn all_reduce_counts(&mut self, tag: Tag, counts: &mut [u32]) -> Result<(), CollectiveError> {
+                (**self).all_reduce_counts(tag, counts)
+            }
+            fn broadcast(&mut self, tag: Tag, root: usize, data: &mut [f32]) -> Result<(), CollectiveError> {
+                (**self).broadcast(tag, root, data)
+            }
+            fn all_gather_bytes(&mut self, tag: Tag, local: &[u8]) -> Result<Vec<Vec<u8>>, CollectiveError> {
+                (**self).all_gather_bytes(tag, local)
+            }
+            fn barrier(&mut self, tag: Tag) -> Result<(), CollectiveError> {
+                (**self).barrier(tag)
+            }
+            fn abort(&mut self, tag: Tag, reason: &str) {
+                (**self).abort(tag, reason)
+            }
+        }
+    )*};
 }
+
+forward_collective!(Box<C>, &mut C);
 
 /// What one rank called, as reported in a mismatch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,6 +218,8 @@ impl fmt::Display for CallView {
 fn list_ranks(ranks: &[usize]) -> String {
     let names: Vec<String> = ranks.iter().map(usize::to_string).collect();
     match names.len() {
+        // MPI cannot tell which ranks have not arrived.
+        0 => "a rank (the collective cannot tell which)".to_owned(),
         1 => format!("rank {}", names[0]),
         _ => format!("ranks {}", names.join(", ")),
     }
