@@ -1,27 +1,44 @@
 //! Ranks as threads of one process, reducing through shared memory.
 //!
-//! An all-reduce is a reduce-scatter fused with an all-gather:
+//! An all-reduce runs straight out of the ranks' own buffers, with no
+//! staging copy: a reduce-scatter, then an all-gather, both in place.
 //!
-//! 1. every rank copies its buffer into its own staging vector;
-//! 2. rendezvous;
-//! 3. rank `r` sums chunk `r` of every staging vector, in rank order, into its
-//!    own result vector (so no rank does more than `1 / world` of the work);
-//! 4. rendezvous;
-//! 5. every rank copies every result chunk back into its buffer.
+//! 1. Every rank *lends* its buffer to the group (its address, length and
+//!    element type), then meets the others (rendezvous).
+//! 2. Rank `r` sums chunk `r` of every rank's buffer, in rank order, and
+//!    writes the sum into chunk `r` of its own buffer. Nobody else writes
+//!    there, and nobody else reads chunk `r` of any buffer in this phase.
+//! 3. Rendezvous.
+//! 4. Rank `r` copies chunk `q` of rank `q`'s buffer (now the sum) into its
+//!    own, for every `q ≠ r`.
+//! 5. Rank `r` takes its buffer back: it waits until no rank is still
+//!    reading it, then returns.
 //!
-//! Two rendezvous per operation suffice: a rank writes its staging vector only
-//! after the previous operation's second rendezvous (all reads of staging are
-//! done) and its result vector only after the next operation's first one (all
-//! copies out of results are done). The locks around the vectors are therefore
-//! never contended in a healthy group; they exist so that a broken group (a
-//! rank that timed out and left while others still run) stays memory-safe.
+//! Each rank reads every element once and writes it once, the least an
+//! all-reduce can do. Summing in rank order on whichever rank owns a chunk
+//! makes the result the same bits everywhere; compressed elements are summed
+//! in f32 and rounded once.
+//!
+//! **Safety of the loans.** A rank touches another rank's buffer only while
+//! it holds a *borrow* of that loan, counted in the group's state under its
+//! lock, and only in the disjoint regions listed above. The owner, on every
+//! path out of the operation (success, error, timeout, or a panic unwinding
+//! through it), first withdraws the loan so no new borrow can start, then
+//! waits until the count of borrows is zero: its buffer is never released
+//! while another rank reads it. Borrowers never block while holding a
+//! borrow, except at a rendezvous, which fails at once once the group is
+//! broken; so that wait is short. The owner reaches its buffer only through
+//! the address it lent while the loan is out.
 //!
 //! Every rendezvous compares the callers' tags and lengths and watches for
 //! departed ranks and timeouts; the first failure is kept and every later call
-//! returns it, so all ranks report the same cause.
+//! returns it, so all ranks report the same cause. A rank spins briefly
+//! before it parks at a rendezvous: operations on small buffers then cost no
+//! sleep and wake-up.
 
 use std::ops::{AddAssign, Range};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use half::{bf16, f16};
@@ -78,6 +95,7 @@ impl ThreadGroup {
         let shared = Arc::new(Shared {
             world: world_size,
             timeout: config.timeout,
+            spin: std::thread::available_parallelism().is_ok_and(|cores| world_size <= cores.get()),
             sync: Mutex::new(SyncState {
                 generation: 0,
                 arrived: vec![None; world_size],
@@ -85,16 +103,18 @@ impl ThreadGroup {
                 count: 0,
                 departed: vec![None; world_size],
                 failure: None,
+                loans: vec![None; world_size],
+                borrows: vec![0; world_size],
             }),
+            generation: AtomicU64::new(0),
             wake: Condvar::new(),
-            floats: Lanes::new(world_size),
-            counts: Lanes::new(world_size),
             gathered: Mutex::new(vec![Vec::new(); world_size]),
         });
         (0..world_size)
             .map(|rank| ThreadCollective {
                 rank,
                 shared: Arc::clone(&shared),
+                peers: Vec::with_capacity(world_size),
             })
             .collect()
     }
@@ -108,16 +128,21 @@ impl ThreadGroup {
 pub struct ThreadCollective {
     rank: usize,
     shared: Arc<Shared>,
+    /// The lent buffers' addresses by rank, during an operation (reused).
+    peers: Vec<usize>,
 }
 
 #[derive(Debug)]
 struct Shared {
     world: usize,
     timeout: Duration,
+    /// Whether a waiting rank spins before it parks: only when every rank
+    /// can have a core, or spinning would take the core a late rank needs.
+    spin: bool,
     sync: Mutex<SyncState>,
+    /// `SyncState::generation`, readable without the lock, for spinning.
+    generation: AtomicU64,
     wake: Condvar,
-    floats: Lanes<f32>,
-    counts: Lanes<u32>,
     gathered: Mutex<Vec<Vec<u8>>>,
 }
 
@@ -134,24 +159,61 @@ struct SyncState {
     departed: Vec<Option<bool>>,
     /// The first failure; the group is broken from then on.
     failure: Option<CollectiveError>,
+    /// Each rank's buffer while it is lent for an operation.
+    loans: Vec<Option<Loan>>,
+    /// How many ranks currently borrow each rank's loan.
+    borrows: Vec<usize>,
 }
 
-/// Per-rank staging and result vectors for one element type, reused across
-/// operations so steady-state steps do not allocate.
-#[derive(Debug)]
-struct Lanes<T> {
-    staging: Vec<RwLock<Vec<T>>>,
-    reduced: Vec<RwLock<Vec<T>>>,
+/// A buffer lent to the group for one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loan {
+    /// Address of the first element.
+    addr: usize,
+    len: usize,
+    /// The element type, which every borrower must read it as.
+    element: &'static str,
 }
 
-impl<T> Lanes<T> {
-    fn new(world: usize) -> Self {
-        Self {
-            staging: (0..world).map(|_| RwLock::new(Vec::new())).collect(),
-            reduced: (0..world).map(|_| RwLock::new(Vec::new())).collect(),
+/// An element type the group moves: summed as `Acc`, rounded back once.
+trait Element: Copy + 'static {
+    type Acc: Copy + AddAssign;
+    /// Any value; it initialises the block of running sums.
+    const ACC: Self::Acc;
+    /// The type's name, checked between lender and borrower.
+    const NAME: &'static str;
+    fn widen(self) -> Self::Acc;
+    fn narrow(sum: Self::Acc) -> Self;
+}
+
+macro_rules! element {
+    ($ty:ty, $acc:ty, $name:literal, $widen:expr, $narrow:expr) => {
+        impl Element for $ty {
+            type Acc = $acc;
+            const ACC: $acc = 0 as $acc;
+            const NAME: &'static str = $name;
+            #[inline(always)]
+            fn widen(self) -> $acc {
+                $widen(self)
+            }
+            #[inline(always)]
+            fn narrow(sum: $acc) -> Self {
+                $narrow(sum)
+            }
         }
-    }
+    };
 }
+
+element!(f32, f32, "f32", |x| x, |x| x);
+element!(u32, u32, "u32", |x| x, |x| x);
+element!(bf16, f32, "bf16", bf16::to_f32, bf16::from_f32);
+element!(f16, f32, "f16", f16::to_f32, f16::from_f32);
+
+/// Elements summed per block: the running sums stay in L1.
+const BLOCK: usize = 1024;
+
+/// How long a rank spins at a rendezvous before it parks.
+const SPIN: Duration = Duration::from_micros(50);
 
 /// The part of a buffer of `len` elements that `rank` reduces.
 fn chunk(len: usize, world: usize, rank: usize) -> Range<usize> {
@@ -160,18 +222,6 @@ fn chunk(len: usize, world: usize, rank: usize) -> Range<usize> {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-macro_rules! read {
-    ($lock:expr) => {
-        $lock.read().unwrap_or_else(PoisonError::into_inner)
-    };
-}
-
-macro_rules! write {
-    ($lock:expr) => {
-        $lock.write().unwrap_or_else(PoisonError::into_inner)
-    };
 }
 
 impl ThreadCollective {
@@ -240,6 +290,7 @@ impl ThreadCollective {
         state.count += 1;
         if state.count == shared.world {
             state.generation += 1;
+            shared.generation.store(state.generation, Ordering::Release);
             state.count = 0;
             state.first = None;
             state.arrived.iter_mut().for_each(|slot| *slot = None);
@@ -249,6 +300,24 @@ impl ThreadCollective {
 
         let generation = state.generation;
         let start = Instant::now();
+        if shared.spin {
+            drop(state);
+            // Release comes first (see below); the store is made under the
+            // lock after every rank's arrival, so its `Acquire` load also
+            // orders what the other ranks wrote before arriving.
+            while start.elapsed() < SPIN {
+                for _ in 0..64 {
+                    if shared.generation.load(Ordering::Acquire) != generation {
+                        return Ok(());
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            state = lock(&shared.sync);
+            if state.generation != generation {
+                return Ok(());
+            }
+        }
         // A timeout too long to represent as an instant means no deadline.
         let deadline = start.checked_add(shared.timeout);
         loop {
@@ -292,65 +361,189 @@ impl ThreadCollective {
         }
     }
 
-    /// Fills this rank's staging vector (step 1 of an all-reduce).
-    fn stage<T>(&self, lanes: &Lanes<T>, fill: impl FnOnce(&mut Vec<T>)) {
-        let mut staging = write!(lanes.staging[self.rank]);
-        staging.clear();
-        fill(&mut staging);
+    /// All-reduce of `data` in place, straight out of every rank's buffer
+    /// (see the module docs).
+    fn all_reduce_in_place<T: Element>(
+        &mut self,
+        tag: Tag,
+        data: &mut [T],
+    ) -> Result<(), CollectiveError> {
+        let (rank, world, len) = (self.rank, self.shared.world, data.len());
+        // From here on the buffer is reached only through the lent address.
+        let own = data.as_mut_ptr();
+        let view = self.view(tag, len, None);
+        let _lent = self.shared.lend(rank, own, len);
+        self.rendezvous(view.clone())?;
+        let mut peers = std::mem::take(&mut self.peers);
+        let borrowed = self
+            .shared
+            .borrow(rank, tag, len, T::NAME, None, &mut peers);
+        let result = borrowed.and_then(|_borrowed| {
+            // SAFETY: every address in `peers` is a lent buffer of `len`
+            // elements of `T`, alive while borrowed; in this phase this rank
+            // alone reads chunk `rank` of them and writes it in its own.
+            unsafe { sum_chunk::<T>(&peers, own, chunk(len, world, rank)) };
+            self.rendezvous(view)?;
+            for (owner, &addr) in peers.iter().enumerate().filter(|(owner, _)| *owner != rank) {
+                let range = chunk(len, world, owner);
+                // SAFETY: as above; chunk `owner` of the owner's buffer holds
+                // its final sum, which nobody writes any more, and chunk
+                // `owner` of this rank's buffer is written by this rank alone.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        (addr as *const T).add(range.start),
+                        own.add(range.start),
+                        range.len(),
+                    )
+                };
+            }
+            Ok(())
+        });
+        self.peers = peers;
+        result
+    }
+}
+
+impl Shared {
+    /// Lends `len` elements at `addr` to the group until the guard drops.
+    fn lend<T: Element>(&self, rank: usize, addr: *mut T, len: usize) -> Lent<'_> {
+        lock(&self.sync).loans[rank] = Some(Loan {
+            addr: addr as usize,
+            len,
+            element: T::NAME,
+        });
+        Lent { shared: self, rank }
     }
 
-    /// Steps 2–5 of an all-reduce over `lanes`, after [`Self::stage`];
-    /// `unstage` copies the summed chunk at `range` back.
-    fn reduce_gather<T: Copy + AddAssign>(
+    /// Borrows the loans of every other rank (or of `only` that rank) for
+    /// an operation on `len` elements of `element`, writing every rank's
+    /// address into `peers` (this rank's own loan included, if it lent).
+    /// Fails, borrowing nothing, if a loan is missing (its owner gave up) or
+    /// does not match.
+    fn borrow(
         &self,
-        lanes: &Lanes<T>,
-        view: CallView,
-        mut unstage: impl FnMut(Range<usize>, &[T]),
-    ) -> Result<(), CollectiveError> {
-        let world = self.shared.world;
-        let len = view.len;
-        self.rendezvous(view.clone())?;
-        {
-            // Summing in rank order on whichever rank owns the chunk makes the
-            // result the same bits everywhere.
-            let range = chunk(len, world, self.rank);
-            let mut reduced = write!(lanes.reduced[self.rank]);
-            reduced.clear();
-            for (owner, staging) in lanes.staging.iter().enumerate() {
-                let staging = read!(staging);
-                let Some(part) = staging.get(range.clone()) else {
-                    return Err(self.broken(view.tag));
-                };
-                if owner == 0 {
-                    reduced.extend_from_slice(part);
-                } else {
-                    for (sum, x) in reduced.iter_mut().zip(part) {
-                        *sum += *x;
-                    }
+        rank: usize,
+        tag: Tag,
+        len: usize,
+        element: &'static str,
+        only: Option<usize>,
+        peers: &mut Vec<usize>,
+    ) -> Result<Borrowed<'_>, CollectiveError> {
+        let mut state = lock(&self.sync);
+        if let Some(failure) = &state.failure {
+            return Err(failure.clone());
+        }
+        peers.clear();
+        for owner in 0..self.world {
+            match state.loans[owner] {
+                Some(loan) if loan.len == len && loan.element == element => peers.push(loan.addr),
+                // Not read: a broadcast receiver's own buffer, or a rank
+                // other than the root.
+                _ if !reads(rank, only, owner) => peers.push(0),
+                other => {
+                    let reason = match other {
+                        Some(loan) => format!(
+                            "rank {owner} lent {} elements of {} where rank {rank} expects {len}                              of {element}",
+                            loan.len, loan.element
+                        ),
+                        None => format!("rank {owner} withdrew its buffer mid-operation"),
+                    };
+                    let err = CollectiveError::Invalid { tag, rank, reason };
+                    let err = state.failure.get_or_insert(err).clone();
+                    self.wake.notify_all();
+                    return Err(err);
                 }
             }
         }
-        self.rendezvous(view.clone())?;
-        for (owner, reduced) in lanes.reduced.iter().enumerate() {
-            let range = chunk(len, world, owner);
-            let reduced = read!(reduced);
-            if reduced.len() != range.len() {
-                return Err(self.broken(view.tag));
-            }
-            unstage(range, &reduced);
+        for owner in (0..self.world).filter(|&owner| reads(rank, only, owner)) {
+            state.borrows[owner] += 1;
         }
-        Ok(())
-    }
-
-    /// The error for buffers that changed under this rank, which only a
-    /// broken group (a peer that gave up and moved on) can cause.
-    fn broken(&self, tag: Tag) -> CollectiveError {
-        let state = lock(&self.shared.sync);
-        state.failure.clone().unwrap_or(CollectiveError::Invalid {
-            tag,
-            rank: self.rank,
-            reason: "a peer overwrote the shared buffers mid-operation".to_owned(),
+        Ok(Borrowed {
+            shared: self,
+            rank,
+            only,
         })
+    }
+}
+
+/// Whether `rank` borrows `owner`'s loan: every other rank's, or only that
+/// of `only`.
+fn reads(rank: usize, only: Option<usize>, owner: usize) -> bool {
+    owner != rank && only.is_none_or(|only| only == owner)
+}
+
+/// A lent buffer; dropping it withdraws the loan and waits until nobody
+/// borrows it any more, on every way out of an operation.
+struct Lent<'a> {
+    shared: &'a Shared,
+    rank: usize,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared.sync);
+        state.loans[self.rank] = None;
+        // Borrowers never block while borrowing, except at a rendezvous,
+        // which fails at once in a broken group: this wait is short.
+        while state.borrows[self.rank] > 0 {
+            state = self
+                .shared
+                .wake
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Borrows of other ranks' loans; dropping it gives them back.
+struct Borrowed<'a> {
+    shared: &'a Shared,
+    rank: usize,
+    only: Option<usize>,
+}
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared.sync);
+        for owner in (0..self.shared.world).filter(|&owner| reads(self.rank, self.only, owner)) {
+            state.borrows[owner] -= 1;
+        }
+        self.shared.wake.notify_all();
+    }
+}
+
+/// Sums chunk `range` of the buffers at `peers` (by rank) in rank order, in
+/// `T::Acc`, and writes the rounded sums to the same chunk of `own`.
+///
+/// # Safety
+/// Every address in `peers` must point to a live buffer of at least
+/// `range.end` elements of `T`, whose `range` no one else writes meanwhile;
+/// `own` must be one of them, whose `range` no one else reads meanwhile.
+unsafe fn sum_chunk<T: Element>(peers: &[usize], own: *mut T, range: Range<usize>) {
+    let mut sums = [T::ACC; BLOCK];
+    let mut start = range.start;
+    while start < range.end {
+        let n = BLOCK.min(range.end - start);
+        let sums = &mut sums[..n];
+        for (owner, &addr) in peers.iter().enumerate() {
+            // SAFETY: by the contract; the slice ends before `own` is written.
+            let part = unsafe { std::slice::from_raw_parts((addr as *const T).add(start), n) };
+            if owner == 0 {
+                for (sum, x) in sums.iter_mut().zip(part) {
+                    *sum = x.widen();
+                }
+            } else {
+                for (sum, x) in sums.iter_mut().zip(part) {
+                    *sum += x.widen();
+                }
+            }
+        }
+        // SAFETY: by the contract; no other slice of this range is alive.
+        let out = unsafe { std::slice::from_raw_parts_mut(own.add(start), n) };
+        for (out, sum) in out.iter_mut().zip(sums.iter()) {
+            *out = T::narrow(*sum);
+        }
+        start += n;
     }
 }
 
@@ -367,31 +560,12 @@ impl Collective for ThreadCollective {
         if self.shared.world == 1 {
             return Ok(());
         }
-        let view = self.view(tag, data.len(), None);
-        let lanes = &self.shared.floats;
-        // Compressed buckets are widened to f32 for the sum and rounded once at
-        // the end: every rank rounds the same f32 value, so results agree.
+        // Compressed buckets are summed in f32 and rounded once: every rank
+        // rounds the same f32 value, so results agree.
         match data {
-            WireBuf::F32(data) => {
-                self.stage(lanes, |s| s.extend_from_slice(data));
-                self.reduce_gather(lanes, view, |range, sum| data[range].copy_from_slice(sum))
-            }
-            WireBuf::Bf16(data) => {
-                self.stage(lanes, |s| s.extend(data.iter().map(|x| x.to_f32())));
-                self.reduce_gather(lanes, view, |range, sum| {
-                    for (out, x) in data[range].iter_mut().zip(sum) {
-                        *out = bf16::from_f32(*x);
-                    }
-                })
-            }
-            WireBuf::F16(data) => {
-                self.stage(lanes, |s| s.extend(data.iter().map(|x| x.to_f32())));
-                self.reduce_gather(lanes, view, |range, sum| {
-                    for (out, x) in data[range].iter_mut().zip(sum) {
-                        *out = f16::from_f32(*x);
-                    }
-                })
-            }
+            WireBuf::F32(data) => self.all_reduce_in_place(tag, data),
+            WireBuf::Bf16(data) => self.all_reduce_in_place(tag, data),
+            WireBuf::F16(data) => self.all_reduce_in_place(tag, data),
         }
     }
 
@@ -399,10 +573,7 @@ impl Collective for ThreadCollective {
         if self.shared.world == 1 {
             return Ok(());
         }
-        let view = self.view(tag, counts.len(), None);
-        let lanes = &self.shared.counts;
-        self.stage(lanes, |s| s.extend_from_slice(counts));
-        self.reduce_gather(lanes, view, |range, sum| counts[range].copy_from_slice(sum))
+        self.all_reduce_in_place(tag, counts)
     }
 
     fn broadcast(
@@ -422,22 +593,26 @@ impl Collective for ThreadCollective {
         if world == 1 {
             return Ok(());
         }
-        let staging = &self.shared.floats.staging[root];
-        if self.rank == root {
-            let mut staging = write!(staging);
-            staging.clear();
-            staging.extend_from_slice(data);
-        }
-        let view = self.view(tag, data.len(), Some(root));
+        let (rank, len) = (self.rank, data.len());
+        let own = data.as_mut_ptr();
+        let view = self.view(tag, len, Some(root));
+        let _lent = (rank == root).then(|| self.shared.lend(rank, own, len));
         self.rendezvous(view.clone())?;
-        if self.rank != root {
-            let staging = read!(staging);
-            if staging.len() != data.len() {
-                return Err(self.broken(tag));
-            }
-            data.copy_from_slice(&staging);
+        if rank != root {
+            let mut peers = std::mem::take(&mut self.peers);
+            let borrowed = self
+                .shared
+                .borrow(rank, tag, len, f32::NAME, Some(root), &mut peers);
+            let copied = borrowed.map(|_borrowed| {
+                // SAFETY: the root lent `len` f32s, alive while borrowed; it
+                // does not write them during a broadcast.
+                unsafe { std::ptr::copy_nonoverlapping(peers[root] as *const f32, own, len) };
+            });
+            self.peers = peers;
+            copied?;
         }
-        // The root must not restage before everyone has copied.
+        // Everyone has borrowed before the root may leave (the root's loan
+        // also waits for the copies to finish on any way out).
         self.rendezvous(view)
     }
 
