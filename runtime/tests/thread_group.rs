@@ -415,3 +415,34 @@ fn a_dropped_rank_fails_its_peers_even_without_a_deadline() {
         }
     }
 }
+
+#[test]
+fn a_failure_announced_while_a_peer_spins_ends_its_wait_at_once() {
+    // A waiting rank spins briefly before it parks; an abort made during the
+    // spin wakes nobody, so the rank must look for it before parking, or it
+    // sleeps until its (60 s) timeout.
+    for _ in 0..200 {
+        let start = Arc::new(Barrier::new(2));
+        let results = all_ok(run_ranks(
+            ThreadGroup::new(2),
+            Duration::from_secs(20),
+            move |rank, mut collective| {
+                let tag = Tag::new(1, Op::Barrier);
+                start.wait();
+                if rank == 0 {
+                    // Land inside the peer's 50 us spin.
+                    let at = Instant::now();
+                    while at.elapsed() < Duration::from_micros(15) {
+                        std::hint::spin_loop();
+                    }
+                    collective.abort(tag, "stop");
+                    Ok(())
+                } else {
+                    collective.barrier(tag)
+                }
+            },
+        ));
+        let err = results[1].clone().expect_err("the barrier must fail");
+        assert!(matches!(err, CollectiveError::Aborted { .. }), "{err}");
+    }
+}

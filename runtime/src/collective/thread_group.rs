@@ -314,13 +314,23 @@ impl ThreadCollective {
                 }
             }
             state = lock(&shared.sync);
-            if state.generation != generation {
-                return Ok(());
-            }
         }
         // A timeout too long to represent as an instant means no deadline.
         let deadline = start.checked_add(shared.timeout);
         loop {
+            // Release comes first: a rank that completed the rendezvous and then
+            // left must not fail the ranks it already released. Each check runs
+            // before every wait: a failure may have been announced while this
+            // rank spun, when no one was waiting to be woken.
+            if state.generation != generation {
+                return Ok(());
+            }
+            if let Some(failure) = &state.failure {
+                return Err(failure.clone());
+            }
+            if let Some(err) = self.departed_error(&state, tag) {
+                return Err(self.fail(&mut state, err));
+            }
             let now = Instant::now();
             if deadline.is_some_and(|deadline| now >= deadline) {
                 let missing = (0..shared.world)
@@ -347,17 +357,6 @@ impl ThreadCollective {
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner),
             };
-            // Release comes first: a rank that completed the rendezvous and then
-            // left must not fail the ranks it already released.
-            if state.generation != generation {
-                return Ok(());
-            }
-            if let Some(failure) = &state.failure {
-                return Err(failure.clone());
-            }
-            if let Some(err) = self.departed_error(&state, tag) {
-                return Err(self.fail(&mut state, err));
-            }
         }
     }
 
