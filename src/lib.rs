@@ -238,7 +238,34 @@
 ///   is a `#[ddp_model]`: the split of a generic child is not known.
 #[doc(inline)]
 pub use maskddp_macros::ddp_model;
-pub use maskddp_runtime::*;
+
+// The public surface, item by item: a new runtime item is public only once
+// it is listed here.
+pub use maskddp_runtime::collective;
+pub use maskddp_runtime::{
+    Averaging, Collective, CollectiveError, DdpError, DdpModel, NonFinite, Op, ParamLayout,
+    ParamSlot, PlanBuilder, PlanTable, Reducer, ReducerConfig, StatsSummary, StepStats, Tag,
+    ThreadCollective, ThreadGroup, ThreadGroupConfig, Usage, UsagePlan, UsageRecord, WireBuf,
+    WireFormat, parameter_checksum, record_usage,
+};
+
+/// What a training loop needs: `use maskddp::prelude::*;`.
+///
+/// The attribute, the trait whose methods the attribute implements (so that
+/// `model.usage_plan()` resolves), the reducer with its settings, the
+/// in-process collective and the error type.
+pub mod prelude {
+    pub use crate::{
+        Averaging, DdpError, DdpModel, NonFinite, Reducer, ReducerConfig, ThreadGroup,
+        ThreadGroupConfig, WireFormat, ddp_model, parameter_checksum,
+    };
+}
+
+/// The README's code blocks, compiled and run as doctests so they cannot
+/// drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
 
 /// Support for generated code. Not public API.
 #[doc(hidden)]

@@ -12,8 +12,19 @@
 //!
 //! and the impl's expansion calls it by name (`__maskddp_model_Detector!`),
 //! so `ddp_model_impl` sees both items, with their spans, and does the work.
+//!
+//! Why a named callback: the analysis needs the struct's field types (which
+//! fields hold parameters, which are nested models) while it reads
+//! `forward`, and an attribute macro sees only its own item; a `macro_rules!`
+//! item is the one way to carry one item's tokens to another's expansion.
+//! The name cannot collide: it is derived from the struct's, which is unique
+//! in its module, and the `pub(crate) use` is what lets an impl block that
+//! comes first, or lives in another module, reach it. It stays out of error
+//! messages: `ddp_model_impl` gives the struct's tokens back the user's
+//! syntax context (`in_user_context`). It shows only when the struct lacks
+//! `#[ddp_model]` ("cannot find macro"), next to an error that says so.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
@@ -200,14 +211,36 @@ impl Parse for ImplInput {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let strukt;
         syn::braced!(strukt in input);
+        let strukt: TokenStream = strukt.parse()?;
         let args;
         syn::braced!(args in input);
-        Ok(ImplInput {
-            strukt: strukt.parse()?,
-            args: args.parse()?,
-            imp: input.parse()?,
-        })
+        let args = args.parse()?;
+        let imp: ItemImpl = input.parse()?;
+        let strukt = syn::parse2(in_user_context(strukt, imp.impl_token.span))?;
+        Ok(ImplInput { strukt, args, imp })
     }
+}
+
+/// The struct's tokens, as the callback's body carries them, with the
+/// syntax context of the user's own code (`anchor`, a token of the impl
+/// block, which reaches here unchanged). Without this, every error spanned
+/// on a field would end with "this error originates in the macro
+/// `__maskddp_model_…`", naming a hidden item; the locations do not change,
+/// and the names resolve as where the user wrote them.
+fn in_user_context(tokens: TokenStream, anchor: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let TokenTree::Group(group) = &token {
+                let stream = in_user_context(group.stream(), anchor);
+                let mut respanned = Group::new(group.delimiter(), stream);
+                respanned.set_span(group.span());
+                token = TokenTree::Group(respanned);
+            }
+            token.set_span(token.span().resolved_at(anchor));
+            token
+        })
+        .collect()
 }
 
 /// The hidden `ddp_model_impl!`: analysis and all generated code.

@@ -1,6 +1,9 @@
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use crate::reducer::grads;
 
 /// One float parameter of a model, at its place in `Module::visit` order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +64,43 @@ impl ParamLayout {
     /// Total number of scalar elements over all slots.
     pub fn numel(&self) -> usize {
         self.slots.iter().map(ParamSlot::numel).sum()
+    }
+
+    /// The gradients in `grads` (of a model on the autodiff backend `B`) of
+    /// this layout's parameters, with their paths, in slot order. Parameters
+    /// without a gradient are left out, and so are parameters of more than 8
+    /// dimensions (which the reducer rejects); a tied parameter is listed
+    /// under each of its paths. `GradientsParams` is keyed by parameter ids, which
+    /// are random per process: paths are what ranks, logs and tests agree on.
+    ///
+    /// ```
+    /// # use burn::backend::{Autodiff, NdArray};
+    /// # use burn::nn::LinearConfig;
+    /// # use burn::optim::GradientsParams;
+    /// # use burn::prelude::*;
+    /// # use maskddp_runtime as maskddp;
+    /// use maskddp::ParamLayout;
+    ///
+    /// type B = Autodiff<NdArray>;
+    /// let device = Default::default();
+    /// let model = LinearConfig::new(3, 2).init::<B>(&device);
+    /// let loss = model.forward(Tensor::<B, 2>::ones([1, 3], &device)).sum();
+    /// let grads = GradientsParams::from_grads(loss.backward(), &model);
+    /// let layout = ParamLayout::of::<B, _>(&model);
+    /// let paths: Vec<&str> = layout.gradients_by_path::<B>(&grads).map(|(path, _)| path).collect();
+    /// assert_eq!(paths, ["weight", "bias"]);
+    /// ```
+    pub fn gradients_by_path<'a, B: AutodiffBackend>(
+        &'a self,
+        grads: &'a GradientsParams,
+    ) -> impl Iterator<Item = (&'a str, TensorData)> + 'a {
+        self.slots.iter().filter_map(|slot| {
+            if slot.shape.len() > grads::MAX_DIMS {
+                return None;
+            }
+            let grad = grads::get::<B::InnerBackend>(grads, slot.id, slot.shape.len())?;
+            Some((slot.path.as_str(), grad))
+        })
     }
 }
 

@@ -22,6 +22,10 @@ pub trait DdpModel<B: Backend>: Module<B> {
     /// Records, into the active usage scope, the parameters `forward` uses on
     /// every path. A parent that uses this model only in some branches calls
     /// this; the model's own instrumented methods record the conditional rest.
+    ///
+    /// Called by generated code; hidden from the documentation because a
+    /// user has no reason to call it.
+    #[doc(hidden)]
     fn record_always_used(&self);
 
     /// Whether `method` is one of this model's instrumented methods (a
@@ -31,7 +35,8 @@ pub trait DdpModel<B: Backend>: Module<B> {
     ///
     /// The default, `false`, is right for hand-written implementations and
     /// for containers: a method called on an `Option<M>` or `Vec<M>` is never
-    /// one of `M`'s.
+    /// one of `M`'s. Called by generated code, hence hidden.
+    #[doc(hidden)]
     fn instruments(method: &str) -> bool {
         let _ = method;
         false

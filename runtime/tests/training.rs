@@ -1,6 +1,9 @@
 //! Training a conditional model on four thread ranks keeps every replica
 //! bit-identical, and parameters no rank used in a step do not move in that
 //! step — not even under Adam, whose momentum would otherwise keep moving them.
+//! The reduced gradients read by path are exactly those of the parameters
+//! some rank used, and a statistics window taken after the warm-up covers the
+//! steps after it.
 
 mod common;
 
@@ -58,7 +61,11 @@ struct Replica {
     checksum: u64,
     losses: Vec<f32>,
     summary: StatsSummary,
+    /// Taken after the first [`WARM_UP`] steps, then at the end.
+    windows: [StatsSummary; 2],
 }
+
+const WARM_UP: usize = 10;
 
 fn train<O>(make_optimizer: fn() -> O, lr: f64, averaging: Averaging) -> Vec<Replica>
 where
@@ -76,7 +83,11 @@ where
                 Reducer::new(Moe::<Ad>::new(EXPERTS, &device), collective, config).unwrap();
             let mut optimizer = make_optimizer();
             let mut losses = Vec::new();
+            let mut warm_up = StatsSummary::default();
             for step in 0..STEPS {
+                if step == WARM_UP {
+                    warm_up = reducer.take_summary();
+                }
                 let x = input::<Ad>((step * WORLD + rank) as u64, 8, &device);
                 // A learnable target: a fixed function of the input.
                 let target = x.clone().slice([0..8, 0..2]).repeat_dim(1, 3) * 0.5;
@@ -87,6 +98,23 @@ where
                 let grads = reducer.reduce(grads).unwrap();
 
                 let unused = globally_unused(step);
+                let frozen = frozen_slots(EXPERTS);
+                let slots = reducer.plan().layout().slots();
+                let expected: Vec<&str> = (0..slots.len())
+                    .filter(|slot| !unused.contains(slot) && !frozen.contains(slot))
+                    .map(|slot| slots[slot].path.as_str())
+                    .collect();
+                let reduced: Vec<(&str, TensorData)> = reducer.gradients_by_path(&grads).collect();
+                let paths: Vec<&str> = reduced.iter().map(|(path, _)| *path).collect();
+                assert_eq!(
+                    paths, expected,
+                    "rank {rank} step {step}: reduced gradients"
+                );
+                for (path, grad) in &reduced {
+                    let slot = slots.iter().find(|slot| slot.path == *path).unwrap();
+                    assert_eq!(grad.shape.to_vec(), slot.shape, "{path}");
+                }
+
                 let before = param_values::<Ad, _>(&model);
                 model = optimizer.step(lr, model, grads);
                 let after = param_values::<Ad, _>(&model);
@@ -110,6 +138,7 @@ where
                 checksum: parameter_checksum::<Ad, _>(&model),
                 losses,
                 summary: reducer.summary(),
+                windows: [warm_up, reducer.take_summary()],
             }
         },
     ))
@@ -139,6 +168,14 @@ fn check_replicas(replicas: &[Replica], name: &str) {
     let summary = &replicas[0].summary;
     assert_eq!(summary.steps, STEPS as u64);
     assert!(summary.bytes_sent < summary.dense_bytes);
+    let [warm_up, rest] = &replicas[0].windows;
+    assert_eq!(warm_up.steps, WARM_UP as u64);
+    assert_eq!(rest.steps, (STEPS - WARM_UP) as u64);
+    assert_eq!(warm_up.bytes_sent + rest.bytes_sent, summary.bytes_sent);
+    assert_eq!(
+        warm_up.params_skipped + rest.params_skipped,
+        summary.params_skipped
+    );
     println!("{name}:\n{summary}");
 }
 

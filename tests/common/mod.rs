@@ -272,34 +272,15 @@ pub fn batch<B: Backend>(
 // Reading gradients and parameters by path
 
 /// The gradients present in `grads` for the parameters of `model`, by slot
-/// path. Paths, not ids: ids are per process and per model instance.
+/// path, as f32 values.
 pub fn grads_by_path<B: AutodiffBackend, M: Module<B>>(
     model: &M,
     grads: &GradientsParams,
 ) -> BTreeMap<String, Vec<f32>> {
-    struct Collect<'a> {
-        grads: &'a GradientsParams,
-        out: Vec<Option<Vec<f32>>>,
-    }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let grad = self.grads.get::<B::InnerBackend, D>(param.id);
-            self.out
-                .push(grad.map(|g| g.into_data().to_vec::<f32>().unwrap()));
-        }
-    }
-    let mut collect = Collect {
-        grads,
-        out: Vec::new(),
-    };
-    model.visit(&mut collect);
     let layout = ParamLayout::of::<B, M>(model);
-    assert_eq!(layout.len(), collect.out.len());
     layout
-        .slots()
-        .iter()
-        .zip(collect.out)
-        .filter_map(|(slot, grad)| grad.map(|g| (slot.path.clone(), g)))
+        .gradients_by_path::<B>(grads)
+        .map(|(path, grad)| (path.to_owned(), grad.to_vec::<f32>().unwrap()))
         .collect()
 }
 

@@ -61,6 +61,15 @@ pub(crate) fn take<B: Backend>(
     with_dims!(dims, D => grads.remove::<B, D>(id).map(Tensor::into_data))
 }
 
+/// Reads the gradient of `id` (a parameter of `dims` dimensions), leaving it in place.
+pub(crate) fn get<B: Backend>(
+    grads: &GradientsParams,
+    id: ParamId,
+    dims: usize,
+) -> Option<TensorData> {
+    with_dims!(dims, D => grads.get::<B, D>(id).map(Tensor::into_data))
+}
+
 /// Registers `values` as the gradient of `id`.
 pub(crate) fn put<B: Backend>(
     grads: &mut GradientsParams,

@@ -28,7 +28,7 @@
 
 mod buckets;
 mod finite;
-mod grads;
+pub(crate) mod grads;
 mod layout_check;
 mod params;
 mod usage;
@@ -259,6 +259,8 @@ pub struct Reducer<B: AutodiffBackend, C: Collective> {
     flagged: Vec<bool>,
     last: StepStats,
     summary: StatsSummary,
+    /// The steps since the last [`Self::take_summary`].
+    window: StatsSummary,
     _backend: PhantomData<fn() -> B>,
 }
 
@@ -349,6 +351,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             flagged: vec![false; slots],
             last: StepStats::default(),
             summary: StatsSummary::default(),
+            window: StatsSummary::default(),
             _backend: PhantomData,
         };
         Ok((model, reducer))
@@ -534,6 +537,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         }
         self.last = stats;
         self.summary.add(&stats);
+        self.window.add(&stats);
         Ok(out)
     }
 
@@ -764,6 +768,25 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     /// Statistics accumulated over all steps.
     pub fn summary(&self) -> StatsSummary {
         self.summary
+    }
+
+    /// Statistics accumulated since the previous `take_summary` (or since
+    /// set-up), starting a new window: call it once after the warm-up steps
+    /// and again at the end to report steady-state figures alone.
+    /// [`Self::summary`] is not affected.
+    pub fn take_summary(&mut self) -> StatsSummary {
+        std::mem::take(&mut self.window)
+    }
+
+    /// The gradients in `grads` of this reducer's model, with the module path
+    /// of each parameter (`experts.3.weight`), in `Module::visit` order: for
+    /// logging, checking or clipping by parameter after [`Self::reduce`].
+    /// See [`ParamLayout::gradients_by_path`](crate::ParamLayout::gradients_by_path).
+    pub fn gradients_by_path<'a>(
+        &'a self,
+        grads: &'a GradientsParams,
+    ) -> impl Iterator<Item = (&'a str, TensorData)> + 'a {
+        self.plan.layout().gradients_by_path::<B>(grads)
     }
 
     /// The collective, for operations of your own (use step numbers and
