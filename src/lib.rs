@@ -246,8 +246,11 @@ pub use maskddp_runtime::{
     Averaging, Collective, CollectiveError, DdpError, DdpModel, NonFinite, Op, ParamLayout,
     ParamSlot, PlanBuilder, PlanTable, Reducer, ReducerConfig, StatsSummary, StepStats, Tag,
     ThreadCollective, ThreadGroup, ThreadGroupConfig, Usage, UsagePlan, UsageRecord, WireBuf,
-    WireFormat, parameter_checksum, record_usage,
+    WireFormat, init_from_env, parameter_checksum, record_usage,
 };
+pub use maskddp_runtime::{Launch, LaunchEnv, LaunchError};
+#[cfg(feature = "mpi")]
+pub use maskddp_runtime::{MpiCollective, MpiConfig, MpiInitError};
 
 /// What a training loop needs: `use maskddp::prelude::*;`.
 ///
