@@ -110,6 +110,14 @@
 //! A rank that panics, returns early or stops arriving makes every other rank
 //! fail with a [`DdpError`] naming the step, the operation and the rank,
 //! within the [`ThreadGroupConfig`] timeout.
+//!
+//! # With burn-train
+//!
+//! The cargo feature `train` adds `maskddp::train`: `DdpStrategy`, a
+//! training strategy for burn-train's `Learner` (through
+//! `TrainingStrategy::Custom`), and `ReducerMetric`, which shows the
+//! reducer's statistics among the Learner's metrics. The test
+//! `tests/learner_strategy.rs` shows it at work.
 
 /// Analyses a burn model's `forward` and instruments it for the [`Reducer`].
 ///
@@ -248,6 +256,9 @@ pub use maskddp_runtime::{
     ThreadCollective, ThreadGroup, ThreadGroupConfig, Usage, UsagePlan, UsageRecord, WireBuf,
     WireFormat, parameter_checksum, record_usage,
 };
+
+#[cfg(feature = "train")]
+pub use maskddp_runtime::train;
 
 /// What a training loop needs: `use maskddp::prelude::*;`.
 ///
