@@ -116,8 +116,8 @@
 //! The cargo feature `train` adds `maskddp::train`: `DdpStrategy`, a
 //! training strategy for burn-train's `Learner` (through
 //! `TrainingStrategy::Custom`), and `ReducerMetric`, which shows the
-//! reducer's statistics among the Learner's metrics. The test
-//! `tests/learner_strategy.rs` shows it at work.
+//! reducer's statistics among the Learner's metrics. The README's section
+//! "With burn-train" and `examples/learner_moe.rs` show it at work.
 
 /// Analyses a burn model's `forward` and instruments it for the [`Reducer`].
 ///
