@@ -11,6 +11,7 @@
 //!   reducer, shards, micro-batches and schedule.
 //! - A stop requested through the interrupter ends every rank after the
 //!   same step.
+//! - Training shards are disjoint and equal.
 
 mod common;
 
@@ -317,6 +318,23 @@ fn the_interrupter_stops_every_rank_after_the_same_step() {
     let run = launch(&tempdir("interrupted"), 2, None, true);
     assert_eq!(run.stats.last().step, 1);
     assert_replicas_identical(&run);
+}
+
+#[test]
+fn shards_are_disjoint_equal_and_cover_all_but_the_remainder() {
+    for items in 0..40 {
+        for world in 1..6 {
+            let shards: Vec<_> = (0..world)
+                .map(|rank| shard_range(items, rank, world))
+                .collect();
+            for pair in shards.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start, "{items} items, {world} ranks");
+                assert_eq!(pair[0].len(), pair[1].len());
+            }
+            assert_eq!(shards[0].start, 0);
+            assert_eq!(shards[world - 1].end, items - items % world);
+        }
+    }
 }
 
 /// A fresh directory for one run's artifacts, removed when dropped.

@@ -64,25 +64,10 @@ where
         // Rank 0's parameters, under this learner's parameter ids.
         self.learner.load_model(model.into_record());
 
-        let (rank, world) = (reducer.rank(), reducer.world_size());
-        let range = shard_range(self.train.num_items(), rank, world);
-        let mut train = self.train.slice(range.start, range.end);
-        let mut valid = self.valid.take().map(|valid| {
-            let (local, locals) = self.local;
-            let items = valid.num_items();
-            // Every item exactly once: the last rank takes the remainder.
-            let end = if local + 1 == locals {
-                items
-            } else {
-                (local + 1) * (items / locals)
-            };
-            valid.slice(local * (items / locals), end)
-        });
-        if let Some(device) = &self.device {
-            train = train.to_device(device);
-            valid = valid.map(|valid| valid.to_device(device));
-        }
+        let rank = reducer.rank();
+        let (train, valid) = self.data(rank, reducer.world_size());
 
+        // One rank per process closes each epoch in the event processor.
         let leader = self.local.0 == 0;
         for epoch in self.epochs.first..=self.epochs.last {
             let progress = Progress::new(epoch, self.epochs.last);
@@ -117,6 +102,29 @@ where
         let model = self.learner.model();
         self.stats.add_checksum(rank, parameter_checksum(&model));
         Ok(model)
+    }
+
+    /// This rank's shard of the training set and, in the validating
+    /// process, its part of the validation set, on its device.
+    fn data(&mut self, rank: usize, world: usize) -> (TrainLoader<LC>, Option<ValidLoader<LC>>) {
+        let range = shard_range(self.train.num_items(), rank, world);
+        let mut train = self.train.slice(range.start, range.end);
+        let mut valid = self.valid.take().map(|valid| {
+            let (local, locals) = self.local;
+            let items = valid.num_items();
+            // Every item exactly once: the last rank takes the remainder.
+            let end = if local + 1 == locals {
+                items
+            } else {
+                (local + 1) * (items / locals)
+            };
+            valid.slice(local * (items / locals), end)
+        });
+        if let Some(device) = &self.device {
+            train = train.to_device(device);
+            valid = valid.map(|valid| valid.to_device(device));
+        }
+        (train, valid)
     }
 
     /// Trains one epoch on this rank's shard; returns whether the ranks
