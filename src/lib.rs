@@ -110,6 +110,14 @@
 //! A rank that panics, returns early or stops arriving makes every other rank
 //! fail with a [`DdpError`] naming the step, the operation and the rank,
 //! within the [`ThreadGroupConfig`] timeout.
+//!
+//! # With burn-train
+//!
+//! The cargo feature `train` adds `maskddp::train`: `DdpStrategy`, a
+//! training strategy for burn-train's `Learner` (through
+//! `TrainingStrategy::Custom`), and `ReducerMetric`, which shows the
+//! reducer's statistics among the Learner's metrics. The README's section
+//! "With burn-train" and `examples/learner_moe.rs` show it at work.
 
 /// Analyses a burn model's `forward` and instruments it for the [`Reducer`].
 ///
@@ -251,6 +259,9 @@ pub use maskddp_runtime::{
 pub use maskddp_runtime::{Launch, LaunchEnv, LaunchError};
 #[cfg(feature = "mpi")]
 pub use maskddp_runtime::{MpiCollective, MpiConfig, MpiInitError};
+
+#[cfg(feature = "train")]
+pub use maskddp_runtime::train;
 
 /// What a training loop needs: `use maskddp::prelude::*;`.
 ///

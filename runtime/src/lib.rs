@@ -12,6 +12,8 @@ mod plan;
 mod recorder;
 mod reducer;
 mod stats;
+#[cfg(feature = "train")]
+pub mod train;
 
 #[doc(hidden)]
 pub mod __private;
