@@ -5,9 +5,7 @@
 use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
-
-use super::finite;
+use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 
 /// The highest tensor rank handled.
 pub(crate) const MAX_DIMS: usize = 8;
@@ -52,47 +50,39 @@ macro_rules! with_dims {
     };
 }
 
-/// Removes the gradient of `id` (a parameter of `dims` dimensions) and reads it.
+/// Removes the gradient of `id` (a parameter of `dims` dimensions): its
+/// shape, and its values flattened to one dimension, in f32 (the bucket's
+/// type), on its device.
 pub(crate) fn take<B: Backend>(
     grads: &mut GradientsParams,
     id: ParamId,
     dims: usize,
-) -> Option<TensorData> {
-    with_dims!(dims, D => grads.remove::<B, D>(id).map(Tensor::into_data))
+) -> Option<(Vec<usize>, Tensor<B, 1>)> {
+    with_dims!(dims, D => grads.remove::<B, D>(id).map(|grad| {
+        // Not `dims()`: a gradient of the wrong rank is reported, not a panic.
+        let shape = grad.shape().to_vec();
+        let numel = shape.iter().product::<usize>();
+        (shape, grad.reshape([numel]).cast(FloatDType::F32))
+    }))
 }
 
-/// Registers `values` as the gradient of `id`.
+/// Registers `values` (flat) as the gradient of `id`, shaped like its
+/// parameter and cast to its `dtype`.
 pub(crate) fn put<B: Backend>(
     grads: &mut GradientsParams,
     id: ParamId,
     shape: &[usize],
-    values: Vec<f32>,
+    values: Tensor<B, 1>,
     dtype: DType,
-    device: &B::Device,
 ) {
-    let data = TensorData::new(values, shape.to_vec());
-    with_dims!(shape.len(), D => grads.register::<B, D>(
-        id,
-        Tensor::<B, D>::from_data(data, (device, dtype)),
-    ))
-}
-
-/// Copies `data` (any float dtype) into `out` as f32 and says whether every
-/// value is finite, reading the values once.
-pub(crate) fn copy_f32_checked(data: &TensorData, out: &mut [f32]) -> bool {
-    match data.as_slice::<f32>() {
-        Ok(values) => finite::copy_checked(values, out),
-        Err(_) => {
-            for (out, value) in out.iter_mut().zip(data.iter::<f32>()) {
-                *out = value;
-            }
-            finite::all_finite(out)
-        }
-    }
+    with_dims!(shape.len(), D => {
+        let shape: [usize; D] = shape.try_into().expect("the shape has D dimensions");
+        grads.register::<B, D>(id, values.reshape(shape).cast(dtype));
+    })
 }
 
 /// Copies `data` (any float dtype) into `out` as f32. The lengths must
-/// agree (gradient shapes are checked when they are taken out of burn).
+/// agree.
 pub(crate) fn copy_f32(data: &TensorData, out: &mut [f32]) {
     match data.as_slice::<f32>() {
         Ok(values) => out.copy_from_slice(values),

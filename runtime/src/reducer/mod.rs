@@ -27,9 +27,12 @@
 //! trip; it is not done yet. A world of one exchanges nothing.
 
 mod buckets;
+mod device_path;
 mod finite;
 mod grads;
+mod host_path;
 mod layout_check;
+mod packing;
 mod params;
 mod usage;
 
@@ -39,11 +42,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
-use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Tensor};
 use half::{bf16, f16};
 
-use crate::collective::{Collective, Op, Tag, WireBuf};
+use crate::collective::{Collective, Op, Tag};
 use crate::error::DdpError;
 use crate::model::DdpModel;
 use crate::plan::{Usage, UsagePlan};
@@ -244,10 +247,11 @@ pub struct Reducer<B: AutodiffBackend, C: Collective> {
     usage: UsageTracker,
     record: UsageRecord,
     buckets: BucketCache,
-    /// Per slot: this step's local gradient, taken out of burn.
-    local: Vec<Option<TensorData>>,
-    /// The bucket being reduced, in f32; reused across buckets and steps.
-    bucket: Vec<f32>,
+    /// Per slot: this step's local gradient, taken out of burn, flattened,
+    /// in f32, on its device.
+    local: Vec<Option<Tensor<B::InnerBackend, 1>>>,
+    /// A host collective's compressed bucket; reused across buckets and
+    /// steps.
     wire_bf16: Vec<bf16>,
     wire_f16: Vec<f16>,
     step: u64,
@@ -340,7 +344,6 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             record: UsageRecord::default(),
             buckets: BucketCache::new(BUCKET_CACHE_CAPACITY),
             local: (0..slots).map(|_| None).collect(),
-            bucket: Vec::new(),
             wire_bf16: Vec::new(),
             wire_f16: Vec::new(),
             step: 0,
@@ -422,7 +425,6 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     fn reduce_step(&mut self, mut grads: GradientsParams) -> Result<GradientsParams, DdpError> {
         let step = self.step;
         let world = self.collective.world_size();
-        let check = self.config.non_finite != NonFinite::Ignore;
         let mut stats = StepStats {
             step,
             ..StepStats::default()
@@ -452,53 +454,18 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             self.op = Op::Bucket(index as u32);
 
             let start = Instant::now();
-            // No zero-fill: the spans tile the bucket, and each is written
-            // below, by a copy or by zeros.
-            self.bucket.resize(bucket.numel, 0.0);
-            for span in spans {
-                let values = &mut self.bucket[span.range()];
-                // Another rank has this gradient, this one not: it
-                // contributes zeros.
-                let Some(data) = &self.local[span.slot] else {
-                    values.fill(0.0);
-                    continue;
-                };
-                if !check {
-                    grads::copy_f32(data, values);
-                } else if !grads::copy_f32_checked(data, values) {
-                    let (element, value) =
-                        finite::first_non_finite(values).expect("a non-finite value");
-                    self.local_non_finite(span.slot, element, value, &mut stats)?;
-                }
-            }
+            let bucket_sums = self.pack(spans);
             stats.pack += start.elapsed();
 
-            let start = Instant::now();
-            self.all_reduce_bucket(Tag::new(step, self.op), spans, &mut stats)?;
-            stats.all_reduce += start.elapsed();
+            let tag = Tag::new(step, self.op);
+            let reduced = if self.collective.sums_on_device() {
+                self.reduce_on_device(tag, bucket_sums, spans, &mut stats)?
+            } else {
+                self.reduce_on_host(tag, bucket_sums, spans, &mut stats)?
+            };
 
             let start = Instant::now();
-            for span in spans {
-                let sums = &self.bucket[span.range()];
-                if check && !finite::all_finite(sums) {
-                    self.reduced_non_finite(span.slot, sums, &mut stats)?;
-                }
-                let divisor = match self.config.averaging {
-                    Averaging::WorldSize => world as f32,
-                    Averaging::Contributors => self.usage.contributors(span.slot) as f32,
-                };
-                let values: Vec<f32> = sums.iter().map(|sum| sum / divisor).collect();
-                let slot = &self.plan.layout().slots()[span.slot];
-                let info = &self.infos[span.slot];
-                grads::put::<B::InnerBackend>(
-                    &mut out,
-                    slot.id,
-                    &slot.shape,
-                    values,
-                    info.dtype,
-                    &info.device,
-                );
-            }
+            self.unpack(reduced, spans, &mut out);
             stats.unpack += start.elapsed();
 
             stats.buckets += 1;
@@ -518,14 +485,9 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
                     // Buckets hold no empty slot; its (empty) gradient
                     // still follows the real ones.
                     let info = &self.infos[index];
-                    grads::put::<B::InnerBackend>(
-                        &mut out,
-                        slot.id,
-                        &slot.shape,
-                        Vec::new(),
-                        info.dtype,
-                        &info.device,
-                    );
+                    let empty =
+                        Tensor::<B::InnerBackend, 1>::zeros([0], (&info.device, DType::F32));
+                    grads::put(&mut out, slot.id, &slot.shape, empty, info.dtype);
                 }
             } else {
                 stats.params_skipped += 1;
@@ -535,6 +497,35 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         self.last = stats;
         self.summary.add(&stats);
         Ok(out)
+    }
+
+    /// Checks this rank's packed `values` (holding `spans`) before anything
+    /// is sent: a non-finite value is an error under [`NonFinite::Error`],
+    /// else counted once per slot. One fast scan of the bucket; the slots
+    /// are searched only when it finds something.
+    fn check_local(
+        &mut self,
+        values: &[f32],
+        spans: &[SlotSpan],
+        stats: &mut StepStats,
+    ) -> Result<(), DdpError> {
+        if finite::all_finite(values) {
+            return Ok(());
+        }
+        for span in spans {
+            if let Some((element, value)) = finite::first_non_finite(&values[span.range()]) {
+                self.local_non_finite(span.slot, element, value, stats)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the reduced sum of `slot` is divided by.
+    fn divisor(&self, slot: usize) -> f32 {
+        match self.config.averaging {
+            Averaging::WorldSize => self.collective.world_size() as f32,
+            Averaging::Contributors => self.usage.contributors(slot) as f32,
+        }
     }
 
     /// This rank's gradient of `slot` holds `value` at `element`: an error
@@ -592,7 +583,8 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             if self.usage.is_alias(index) {
                 continue;
             }
-            let Some(data) = grads::take::<B::InnerBackend>(grads, slot.id, slot.shape.len())
+            let Some((shape, grad)) =
+                grads::take::<B::InnerBackend>(grads, slot.id, slot.shape.len())
             else {
                 continue;
             };
@@ -608,16 +600,16 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
                     path: slot.path.clone(),
                 });
             }
-            if data.shape.as_slice() != slot.shape.as_slice() {
+            if shape != slot.shape {
                 return Err(DdpError::GradientShape {
                     step,
                     rank: self.collective.rank(),
                     path: slot.path.clone(),
                     expected: slot.shape.clone(),
-                    actual: data.shape.to_vec(),
+                    actual: shape,
                 });
             }
-            self.local[index] = Some(data);
+            self.local[index] = Some(grad);
         }
         if !grads.is_empty() {
             return Err(DdpError::ForeignGradients {
@@ -638,66 +630,18 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         })
     }
 
-    /// All-reduces `self.bucket` (holding `spans`) in the configured wire
-    /// format, in place. A compressed format is checked for values the
-    /// conversion turned into infinities before anything is sent.
-    fn all_reduce_bucket(
-        &mut self,
-        tag: Tag,
-        spans: &[SlotSpan],
-        stats: &mut StepStats,
-    ) -> Result<(), DdpError> {
-        let check = self.config.non_finite != NonFinite::Ignore;
-        match self.config.wire {
-            WireFormat::F32 => self
-                .collective
-                .all_reduce_sum(tag, WireBuf::F32(&mut self.bucket))?,
-            WireFormat::Bf16 => {
-                let mut wire = std::mem::take(&mut self.wire_bf16);
-                wire.clear();
-                wire.extend(self.bucket.iter().map(|&x| bf16::from_f32(x)));
-                if check && finite::any_infinite(&wire) {
-                    self.wire_overflow(&wire, spans, stats)?;
-                }
-                let result = self
-                    .collective
-                    .all_reduce_sum(tag, WireBuf::Bf16(&mut wire));
-                for (out, x) in self.bucket.iter_mut().zip(&wire) {
-                    *out = x.to_f32();
-                }
-                self.wire_bf16 = wire;
-                result?;
-            }
-            WireFormat::F16 => {
-                let mut wire = std::mem::take(&mut self.wire_f16);
-                wire.clear();
-                wire.extend(self.bucket.iter().map(|&x| f16::from_f32(x)));
-                if check && finite::any_infinite(&wire) {
-                    self.wire_overflow(&wire, spans, stats)?;
-                }
-                let result = self.collective.all_reduce_sum(tag, WireBuf::F16(&mut wire));
-                for (out, x) in self.bucket.iter_mut().zip(&wire) {
-                    *out = x.to_f32();
-                }
-                self.wire_f16 = wire;
-                result?;
-            }
-        }
-        Ok(())
-    }
-
     /// The converted bucket `wire` holds infinities: those from finite
     /// values overflowed the format, and are treated like non-finite values.
     fn wire_overflow<H: finite::Half>(
         &mut self,
+        values: &[f32],
         wire: &[H],
         spans: &[SlotSpan],
         stats: &mut StepStats,
     ) -> Result<(), DdpError> {
         for span in spans {
             let range = span.range();
-            let Some(element) = finite::first_overflow(&self.bucket[range.clone()], &wire[range])
-            else {
+            let Some(element) = finite::first_overflow(&values[range.clone()], &wire[range]) else {
                 continue;
             };
             if self.config.non_finite == NonFinite::Error {
@@ -706,7 +650,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
                     rank: self.collective.rank(),
                     path: self.plan.layout().slots()[span.slot].path.clone(),
                     element,
-                    value: self.bucket[span.offset + element].to_string(),
+                    value: values[span.offset + element].to_string(),
                     wire: self.config.wire.to_string(),
                     max: self.config.wire.max_text().to_owned(),
                 });
