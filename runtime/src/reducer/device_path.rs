@@ -1,16 +1,19 @@
-//! Buckets for a collective that sums device memory (NCCL): checked with
-//! burn ops where they live, cast there to the wire format, and summed in
-//! place. Only a check that finds something copies the bucket to the host,
-//! to name the parameter and the element, with the host path's messages.
+//! Buckets for a collective that sums device memory (NCCL): a bucket is a
+//! tensor on the gradients' device, packed with one `cat` of the flattened
+//! gradients, checked with burn ops, cast there to the wire format, summed in
+//! place, and unpacked with slices reshaped like their parameters. Only a
+//! check that finds something copies the bucket to the host, to name the
+//! parameter and the element, with the host path's messages.
 
 use std::time::Instant;
 
+use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Element, ElementConversion, FloatDType, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Element, ElementConversion, FloatDType, Tensor, TensorPrimitive};
 use half::{bf16, f16};
 
 use super::buckets::SlotSpan;
-use super::packing::Reduced;
+use super::grads::{self, Local};
 use super::{NonFinite, Reducer, WireFormat, finite};
 use crate::collective::{Collective, Tag};
 use crate::error::DdpError;
@@ -28,19 +31,20 @@ fn all_finite<B: Backend>(tensor: &Tensor<B, 1>) -> bool {
 }
 
 impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
-    /// Reduces the packed `bucket` (holding `spans`) through
-    /// [`Collective::all_reduce_device`]. The sums come back unscaled: the
-    /// unpacking divides each slot's slice.
+    /// Packs `spans` into a bucket on the device, all-reduces it with
+    /// [`Collective::all_reduce_device`], and registers the scaled sums in
+    /// `out`.
     pub(super) fn reduce_on_device(
         &mut self,
         tag: Tag,
-        bucket: Tensor<B::InnerBackend, 1>,
         spans: &[SlotSpan],
         stats: &mut StepStats,
-    ) -> Result<Reduced<B::InnerBackend>, DdpError> {
+        out: &mut GradientsParams,
+    ) -> Result<(), DdpError> {
         let check = self.config.non_finite != NonFinite::Ignore;
 
         let start = Instant::now();
+        let bucket = self.pack(spans);
         if check && !all_finite(&bucket) {
             let values = bucket.to_data();
             self.check_local(values.as_slice().expect("f32 bucket"), spans, stats)?;
@@ -50,7 +54,9 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         let start = Instant::now();
         let wire = match self.config.wire {
             WireFormat::F32 => bucket,
-            WireFormat::Bf16 => self.cast_to_wire::<bf16>(bucket, FloatDType::BF16, spans, stats)?,
+            WireFormat::Bf16 => {
+                self.cast_to_wire::<bf16>(bucket, FloatDType::BF16, spans, stats)?
+            }
             WireFormat::F16 => self.cast_to_wire::<f16>(bucket, FloatDType::F16, spans, stats)?,
         };
         let mut primitive = wire.into_primitive().tensor();
@@ -70,11 +76,54 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
                 }
             }
         }
+        for span in spans {
+            let values = sums.clone().slice([span.range()]);
+            let values = values.div_scalar(self.divisor(span.slot));
+            let slot = &self.plan.layout().slots()[span.slot];
+            grads::put(
+                out,
+                slot.id,
+                &slot.shape,
+                values,
+                self.infos[span.slot].dtype,
+            );
+        }
         stats.unpack += start.elapsed();
-        Ok(Reduced {
-            sums,
-            scaled: false,
-        })
+        Ok(())
+    }
+
+    /// This rank's gradients of `spans`, in order, as one f32 tensor; zeros
+    /// for a slot another rank has a gradient for and this one has not.
+    fn pack(&mut self, spans: &[SlotSpan]) -> Tensor<B::InnerBackend, 1> {
+        let parts = spans
+            .iter()
+            .map(|span| match self.local[span.slot].take() {
+                Some(Local::Device(grad)) => grad,
+                _ => Tensor::zeros([span.len], (&self.infos[span.slot].device, DType::F32)),
+            })
+            .collect();
+        Tensor::cat(parts, 0)
+    }
+
+    /// Checks this rank's packed `values` (holding `spans`) before anything
+    /// is sent: a non-finite value is an error under [`NonFinite::Error`],
+    /// else counted once per slot. One fast scan of the bucket; the slots
+    /// are searched only when it finds something.
+    fn check_local(
+        &mut self,
+        values: &[f32],
+        spans: &[SlotSpan],
+        stats: &mut StepStats,
+    ) -> Result<(), DdpError> {
+        if finite::all_finite(values) {
+            return Ok(());
+        }
+        for span in spans {
+            if let Some((element, value)) = finite::first_non_finite(&values[span.range()]) {
+                self.local_non_finite(span.slot, element, value, stats)?;
+            }
+        }
+        Ok(())
     }
 
     /// `bucket` cast to the compressed wire type `H` (`dtype`) on the

@@ -9,6 +9,22 @@ use half::{bf16, f16};
 const F32_EXPONENT: u32 = 0x7f80_0000;
 const BLOCK: usize = 64;
 
+/// Copies `src` into `out` (equal lengths) and says whether every value is
+/// finite, reading each value once.
+pub(crate) fn copy_checked(src: &[f32], out: &mut [f32]) -> bool {
+    debug_assert_eq!(src.len(), out.len());
+    let mut bad = false;
+    for (src, out) in src.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+        let mut block = 0u32;
+        for (&x, o) in src.iter().zip(out.iter_mut()) {
+            *o = x;
+            block |= u32::from(x.to_bits() & F32_EXPONENT == F32_EXPONENT);
+        }
+        bad |= block != 0;
+    }
+    !bad
+}
+
 /// Whether every value is finite.
 pub(crate) fn all_finite(values: &[f32]) -> bool {
     values.chunks(BLOCK).all(|block| {
@@ -77,8 +93,11 @@ mod tests {
 
     #[test]
     fn finds_every_kind_of_non_finite_anywhere() {
-        for len in [0usize, 1, 63, 64, 65, 200] {
+        for len in [0, 1, 63, 64, 65, 200] {
             let clean: Vec<f32> = (0..len).map(|i| i as f32 - 50.0).collect();
+            let mut out = vec![0.0; len];
+            assert!(copy_checked(&clean, &mut out));
+            assert_eq!(out, clean);
             assert!(all_finite(&clean));
             assert_eq!(first_non_finite(&clean), None);
             for at in [0, len / 2, len.saturating_sub(1)] {
@@ -88,7 +107,8 @@ mod tests {
                 for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
                     let mut values = clean.clone();
                     values[at] = bad;
-                    assert!(!all_finite(&values), "{len} {at} {bad}");
+                    assert!(!copy_checked(&values, &mut out), "{len} {at} {bad}");
+                    assert!(!all_finite(&values));
                     assert_eq!(first_non_finite(&values).map(|(i, _)| i), Some(at));
                 }
             }

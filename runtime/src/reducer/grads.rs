@@ -7,6 +7,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 
+use super::finite;
+
 /// The highest tensor rank handled.
 pub(crate) const MAX_DIMS: usize = 8;
 
@@ -50,24 +52,39 @@ macro_rules! with_dims {
     };
 }
 
+/// A gradient taken out of burn: on the host for a collective that sums
+/// host memory, flattened on its device for one that sums device memory.
+pub(crate) enum Local<B: Backend> {
+    /// Read with `into_data` (no copy on a CPU backend).
+    Host(TensorData),
+    /// Flattened to one dimension, in f32 (the bucket's type).
+    Device(Tensor<B, 1>),
+}
+
 /// Removes the gradient of `id` (a parameter of `dims` dimensions): its
-/// shape, and its values flattened to one dimension, in f32 (the bucket's
-/// type), on its device.
+/// shape, and its values (`on_device`: flattened on the device, else read to
+/// the host).
 pub(crate) fn take<B: Backend>(
     grads: &mut GradientsParams,
     id: ParamId,
     dims: usize,
-) -> Option<(Vec<usize>, Tensor<B, 1>)> {
+    on_device: bool,
+) -> Option<(Vec<usize>, Local<B>)> {
     with_dims!(dims, D => grads.remove::<B, D>(id).map(|grad| {
         // Not `dims()`: a gradient of the wrong rank is reported, not a panic.
         let shape = grad.shape().to_vec();
-        let numel = shape.iter().product::<usize>();
-        (shape, grad.reshape([numel]).cast(FloatDType::F32))
+        let local = if on_device {
+            let numel = shape.iter().product::<usize>();
+            Local::Device(grad.reshape([numel]).cast(FloatDType::F32))
+        } else {
+            Local::Host(grad.into_data())
+        };
+        (shape, local)
     }))
 }
 
-/// Registers `values` (flat) as the gradient of `id`, shaped like its
-/// parameter and cast to its `dtype`.
+/// Registers `values` (flat, on the device) as the gradient of `id`, shaped
+/// like its parameter and cast to its `dtype`.
 pub(crate) fn put<B: Backend>(
     grads: &mut GradientsParams,
     id: ParamId,
@@ -81,8 +98,38 @@ pub(crate) fn put<B: Backend>(
     })
 }
 
+/// Registers `values` (on the host) as the gradient of `id`.
+pub(crate) fn put_host<B: Backend>(
+    grads: &mut GradientsParams,
+    id: ParamId,
+    shape: &[usize],
+    values: Vec<f32>,
+    dtype: DType,
+    device: &B::Device,
+) {
+    let data = TensorData::new(values, shape.to_vec());
+    with_dims!(shape.len(), D => grads.register::<B, D>(
+        id,
+        Tensor::<B, D>::from_data(data, (device, dtype)),
+    ))
+}
+
+/// Copies `data` (any float dtype) into `out` as f32 and says whether every
+/// value is finite, reading the values once.
+pub(crate) fn copy_f32_checked(data: &TensorData, out: &mut [f32]) -> bool {
+    match data.as_slice::<f32>() {
+        Ok(values) => finite::copy_checked(values, out),
+        Err(_) => {
+            for (out, value) in out.iter_mut().zip(data.iter::<f32>()) {
+                *out = value;
+            }
+            finite::all_finite(out)
+        }
+    }
+}
+
 /// Copies `data` (any float dtype) into `out` as f32. The lengths must
-/// agree.
+/// agree (gradient shapes are checked when they are taken out of burn).
 pub(crate) fn copy_f32(data: &TensorData, out: &mut [f32]) {
     match data.as_slice::<f32>() {
         Ok(values) => out.copy_from_slice(values),

@@ -1,61 +1,89 @@
-//! Buckets for a collective that sums host memory (the thread group, MPI):
-//! each bucket comes to the host with one `into_data`, is checked, converted
-//! to the wire format, summed, and scaled there, and goes back to the
-//! gradients' device as one tensor.
+//! Buckets for a collective that sums host memory (the thread group, MPI).
+//!
+//! Each gradient was read to the host when it was taken out of burn (no copy
+//! on a CPU backend); packing copies it into a reused f32 bucket, checking it
+//! in the same pass; the sums are checked and scaled in the pass that hands
+//! them back. On a CPU backend this is faster than packing with tensor ops
+//! (NdArray's `reshape` and `cat` copy through generic loops: measured in
+//! BENCHMARKS.md), so host collectives keep it.
 
 use std::time::Instant;
 
+use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{DType, Tensor};
 use half::{bf16, f16};
 
 use super::buckets::SlotSpan;
-use super::packing::Reduced;
+use super::grads::{self, Local};
 use super::{NonFinite, Reducer, WireFormat, finite};
 use crate::collective::{Collective, Tag, WireBuf};
 use crate::error::DdpError;
 use crate::stats::StepStats;
 
 impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
-    /// Reduces the packed `bucket` (holding `spans`) through
-    /// [`Collective::all_reduce_sum`]. The checks run on the host copy, in
-    /// passes the reduction makes anyway.
+    /// Packs `spans` (`numel` elements) into the host bucket, all-reduces
+    /// it with [`Collective::all_reduce_sum`], and registers the scaled
+    /// sums in `out`.
     pub(super) fn reduce_on_host(
         &mut self,
         tag: Tag,
-        bucket: Tensor<B::InnerBackend, 1>,
         spans: &[SlotSpan],
+        numel: usize,
         stats: &mut StepStats,
-    ) -> Result<Reduced<B::InnerBackend>, DdpError> {
+        out: &mut GradientsParams,
+    ) -> Result<(), DdpError> {
         let check = self.config.non_finite != NonFinite::Ignore;
 
         let start = Instant::now();
-        let device = bucket.device();
-        let mut data = bucket.into_data();
-        let values = data
-            .as_mut_slice::<f32>()
-            .expect("buckets are packed in f32");
-        if check {
-            self.check_local(values, spans, stats)?;
+        // No zero-fill: the spans tile the bucket, and each is written below,
+        // by a copy or by zeros.
+        self.bucket.resize(numel, 0.0);
+        for span in spans {
+            let values = &mut self.bucket[span.range()];
+            // Another rank has this gradient, this one not: it contributes
+            // zeros.
+            let Some(Local::Host(data)) = &self.local[span.slot] else {
+                values.fill(0.0);
+                continue;
+            };
+            if !check {
+                grads::copy_f32(data, values);
+            } else if !grads::copy_f32_checked(data, values) {
+                let (element, value) =
+                    finite::first_non_finite(values).expect("a non-finite value");
+                self.local_non_finite(span.slot, element, value, stats)?;
+            }
         }
         stats.pack += start.elapsed();
 
         let start = Instant::now();
-        self.all_reduce_wire(tag, values, spans, stats)?;
+        let mut bucket = std::mem::take(&mut self.bucket);
+        let result = self.all_reduce_wire(tag, &mut bucket, spans, stats);
+        self.bucket = bucket;
+        result?;
         stats.all_reduce += start.elapsed();
 
         let start = Instant::now();
         for span in spans {
-            let sums = &mut values[span.range()];
+            let sums = &self.bucket[span.range()];
             if check && !finite::all_finite(sums) {
                 self.reduced_non_finite(span.slot, sums, stats)?;
             }
             let divisor = self.divisor(span.slot);
-            sums.iter_mut().for_each(|sum| *sum /= divisor);
+            let values: Vec<f32> = sums.iter().map(|sum| sum / divisor).collect();
+            let slot = &self.plan.layout().slots()[span.slot];
+            let info = &self.infos[span.slot];
+            grads::put_host::<B::InnerBackend>(
+                out,
+                slot.id,
+                &slot.shape,
+                values,
+                info.dtype,
+                &info.device,
+            );
         }
-        let sums = Tensor::from_data(data, (&device, DType::F32));
         stats.unpack += start.elapsed();
-        Ok(Reduced { sums, scaled: true })
+        Ok(())
     }
 
     /// All-reduces `values` (holding `spans`) in the configured wire format,

@@ -21,6 +21,12 @@
 //! [`NonFinite`]. A `reduce` with no `forward` since the previous one is an
 //! error unless it is [`Reducer::reduce_without_forward`].
 //!
+//! Where buckets live depends on the collective. One that sums host memory
+//! (the thread group, MPI) gets a host bucket packed from the gradients read
+//! to the host (`host_path`); one that sums device memory (NCCL) gets a
+//! tensor on the gradients' device, packed, checked, cast, reduced and
+//! unpacked there (`device_path`): no gradient leaves the device.
+//!
 //! Known cost: the exchange runs for every step of a world larger than one,
 //! also for a model without conditional slots, where it used to be skipped.
 //! Carrying the counts in band with the first bucket would save that round
@@ -32,7 +38,6 @@ mod finite;
 mod grads;
 mod host_path;
 mod layout_check;
-mod packing;
 mod params;
 mod usage;
 
@@ -247,11 +252,10 @@ pub struct Reducer<B: AutodiffBackend, C: Collective> {
     usage: UsageTracker,
     record: UsageRecord,
     buckets: BucketCache,
-    /// Per slot: this step's local gradient, taken out of burn, flattened,
-    /// in f32, on its device.
-    local: Vec<Option<Tensor<B::InnerBackend, 1>>>,
-    /// A host collective's compressed bucket; reused across buckets and
-    /// steps.
+    /// Per slot: this step's local gradient, taken out of burn.
+    local: Vec<Option<grads::Local<B::InnerBackend>>>,
+    /// A host collective's bucket, in f32; reused across buckets and steps.
+    bucket: Vec<f32>,
     wire_bf16: Vec<bf16>,
     wire_f16: Vec<f16>,
     step: u64,
@@ -344,6 +348,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             record: UsageRecord::default(),
             buckets: BucketCache::new(BUCKET_CACHE_CAPACITY),
             local: (0..slots).map(|_| None).collect(),
+            bucket: Vec::new(),
             wire_bf16: Vec::new(),
             wire_f16: Vec::new(),
             step: 0,
@@ -453,21 +458,12 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             let spans = layout.spans(bucket);
             self.op = Op::Bucket(index as u32);
 
-            let start = Instant::now();
-            let bucket_sums = self.pack(spans);
-            stats.pack += start.elapsed();
-
             let tag = Tag::new(step, self.op);
-            let reduced = if self.collective.sums_on_device() {
-                self.reduce_on_device(tag, bucket_sums, spans, &mut stats)?
+            if self.collective.sums_on_device() {
+                self.reduce_on_device(tag, spans, &mut stats, &mut out)?;
             } else {
-                self.reduce_on_host(tag, bucket_sums, spans, &mut stats)?
-            };
-
-            let start = Instant::now();
-            self.unpack(reduced, spans, &mut out);
-            stats.unpack += start.elapsed();
-
+                self.reduce_on_host(tag, spans, bucket.numel, &mut stats, &mut out)?;
+            }
             stats.buckets += 1;
             stats.bytes_sent += (bucket.numel * self.config.wire.element_bytes()) as u64;
         }
@@ -497,27 +493,6 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         self.last = stats;
         self.summary.add(&stats);
         Ok(out)
-    }
-
-    /// Checks this rank's packed `values` (holding `spans`) before anything
-    /// is sent: a non-finite value is an error under [`NonFinite::Error`],
-    /// else counted once per slot. One fast scan of the bucket; the slots
-    /// are searched only when it finds something.
-    fn check_local(
-        &mut self,
-        values: &[f32],
-        spans: &[SlotSpan],
-        stats: &mut StepStats,
-    ) -> Result<(), DdpError> {
-        if finite::all_finite(values) {
-            return Ok(());
-        }
-        for span in spans {
-            if let Some((element, value)) = finite::first_non_finite(&values[span.range()]) {
-                self.local_non_finite(span.slot, element, value, stats)?;
-            }
-        }
-        Ok(())
     }
 
     /// What the reduced sum of `slot` is divided by.
@@ -579,12 +554,13 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     /// against the plan, this step's usage and its parameter's shape.
     fn take_local_grads(&mut self, grads: &mut GradientsParams) -> Result<(), DdpError> {
         let step = self.step;
+        let on_device = self.collective.sums_on_device();
         for (index, slot) in self.plan.layout().slots().iter().enumerate() {
             if self.usage.is_alias(index) {
                 continue;
             }
             let Some((shape, grad)) =
-                grads::take::<B::InnerBackend>(grads, slot.id, slot.shape.len())
+                grads::take::<B::InnerBackend>(grads, slot.id, slot.shape.len(), on_device)
             else {
                 continue;
             };
