@@ -4,11 +4,22 @@
 //! one library call per method. Every call carries a [`Tag`] (step number and
 //! operation) so an implementation can tell when ranks disagree about where
 //! they are, and say so instead of reducing unrelated buffers.
+//!
+//! Buckets reach a collective in one of two ways. A host collective (the
+//! thread group, MPI) sums host memory: the reducer moves each bucket to the
+//! host once and calls [`Collective::all_reduce_sum`]. A device collective
+//! (NCCL) says so with [`Collective::sums_on_device`] and sums the bucket
+//! where it lives, [`Collective::all_reduce_device`]: no gradient leaves the
+//! device.
 
+// Tag agreement for collectives whose library carries no tags.
+#[cfg(feature = "mpi")]
+mod calls;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod thread_group;
 
+use std::any::Any;
 use std::fmt;
 use std::time::Duration;
 
@@ -130,6 +141,33 @@ pub trait Collective: Send {
     /// the same bits.
     fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError>;
 
+    /// Whether buckets go to [`Self::all_reduce_device`] (this collective
+    /// sums device memory) instead of [`Self::all_reduce_sum`] (the default:
+    /// it sums host memory).
+    fn sums_on_device(&self) -> bool {
+        false
+    }
+
+    /// Sums a bucket held in device memory element-wise over all ranks, in
+    /// place; every rank ends with the same bits. Called only when
+    /// [`Self::sums_on_device`] says so.
+    ///
+    /// `bucket` is the float tensor primitive of the reducer's burn backend
+    /// (`B::FloatTensorPrimitive`): a fresh, contiguous, one-dimensional
+    /// tensor in the wire's element type. It travels as [`Any`] so that this
+    /// trait stays independent of burn's backends; a device collective
+    /// downcasts it to the one primitive it can reduce, and reports any other
+    /// as [`CollectiveError::Invalid`]. The default is that report.
+    fn all_reduce_device(&mut self, tag: Tag, bucket: &mut dyn Any) -> Result<(), CollectiveError> {
+        let _ = bucket;
+        Err(CollectiveError::Invalid {
+            tag,
+            rank: self.rank(),
+            reason: "this collective sums host memory (all_reduce_sum), not device buffers"
+                .to_owned(),
+        })
+    }
+
     /// Sums usage counts element-wise over all ranks, in place.
     fn all_reduce_counts(&mut self, tag: Tag, counts: &mut [u32]) -> Result<(), CollectiveError>;
 
@@ -166,6 +204,12 @@ macro_rules! forward_collective {
             }
             fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError> {
                 (**self).all_reduce_sum(tag, data)
+            }
+            fn sums_on_device(&self) -> bool {
+                (**self).sums_on_device()
+            }
+            fn all_reduce_device(&mut self, tag: Tag, bucket: &mut dyn Any) -> Result<(), CollectiveError> {
+                (**self).all_reduce_device(tag, bucket)
             }
             fn all_reduce_counts(&mut self, tag: Tag, counts: &mut [u32]) -> Result<(), CollectiveError> {
                 (**self).all_reduce_counts(tag, counts)

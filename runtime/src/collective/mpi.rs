@@ -30,7 +30,6 @@
 //! algorithms combine the same partial sums on every rank, and the tests
 //! check that every rank ends with the same bits.
 
-mod calls;
 mod raw;
 
 use std::fmt;
@@ -41,6 +40,7 @@ use ::mpi::datatype::Equivalence;
 use ::mpi::environment::Universe;
 use half::{bf16, f16};
 
+use super::calls;
 use super::{CallView, Collective, CollectiveError, Tag, WireBuf};
 
 /// Calls to `MPI_Test` between yields of the core while waiting: a yield

@@ -5,7 +5,7 @@
 use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 
 use super::finite;
 
@@ -52,13 +52,35 @@ macro_rules! with_dims {
     };
 }
 
-/// Removes the gradient of `id` (a parameter of `dims` dimensions) and reads it.
+/// A gradient taken out of burn: on the host for a collective that sums
+/// host memory, flattened on its device for one that sums device memory.
+pub(crate) enum Local<B: Backend> {
+    /// Read with `into_data` (no copy on a CPU backend).
+    Host(TensorData),
+    /// Flattened to one dimension, in f32 (the bucket's type).
+    Device(Tensor<B, 1>),
+}
+
+/// Removes the gradient of `id` (a parameter of `dims` dimensions): its
+/// shape, and its values (`on_device`: flattened on the device, else read to
+/// the host).
 pub(crate) fn take<B: Backend>(
     grads: &mut GradientsParams,
     id: ParamId,
     dims: usize,
-) -> Option<TensorData> {
-    with_dims!(dims, D => grads.remove::<B, D>(id).map(Tensor::into_data))
+    on_device: bool,
+) -> Option<(Vec<usize>, Local<B>)> {
+    with_dims!(dims, D => grads.remove::<B, D>(id).map(|grad| {
+        // Not `dims()`: a gradient of the wrong rank is reported, not a panic.
+        let shape = grad.shape().to_vec();
+        let local = if on_device {
+            let numel = shape.iter().product::<usize>();
+            Local::Device(grad.reshape([numel]).cast(FloatDType::F32))
+        } else {
+            Local::Host(grad.into_data())
+        };
+        (shape, local)
+    }))
 }
 
 /// Reads the gradient of `id` (a parameter of `dims` dimensions), leaving it in place.
@@ -70,8 +92,23 @@ pub(crate) fn get<B: Backend>(
     with_dims!(dims, D => grads.get::<B, D>(id).map(Tensor::into_data))
 }
 
-/// Registers `values` as the gradient of `id`.
+/// Registers `values` (flat, on the device) as the gradient of `id`, shaped
+/// like its parameter and cast to its `dtype`.
 pub(crate) fn put<B: Backend>(
+    grads: &mut GradientsParams,
+    id: ParamId,
+    shape: &[usize],
+    values: Tensor<B, 1>,
+    dtype: DType,
+) {
+    with_dims!(shape.len(), D => {
+        let shape: [usize; D] = shape.try_into().expect("the shape has D dimensions");
+        grads.register::<B, D>(id, values.reshape(shape).cast(dtype));
+    })
+}
+
+/// Registers `values` (on the host) as the gradient of `id`.
+pub(crate) fn put_host<B: Backend>(
     grads: &mut GradientsParams,
     id: ParamId,
     shape: &[usize],

@@ -21,14 +21,22 @@
 //! [`NonFinite`]. A `reduce` with no `forward` since the previous one is an
 //! error unless it is [`Reducer::reduce_without_forward`].
 //!
+//! Where buckets live depends on the collective. One that sums host memory
+//! (the thread group, MPI) gets a host bucket packed from the gradients read
+//! to the host (`host_path`); one that sums device memory (NCCL) gets a
+//! tensor on the gradients' device, packed, checked, cast, reduced and
+//! unpacked there (`device_path`): no gradient leaves the device.
+//!
 //! Known cost: the exchange runs for every step of a world larger than one,
 //! also for a model without conditional slots, where it used to be skipped.
 //! Carrying the counts in band with the first bucket would save that round
 //! trip; it is not done yet. A world of one exchanges nothing.
 
 mod buckets;
+mod device_path;
 mod finite;
 pub(crate) mod grads;
+mod host_path;
 mod layout_check;
 mod params;
 mod usage;
@@ -39,11 +47,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
-use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Tensor, TensorData};
 use half::{bf16, f16};
 
-use crate::collective::{Collective, Op, Tag, WireBuf};
+use crate::collective::{Collective, Op, Tag};
 use crate::error::DdpError;
 use crate::model::DdpModel;
 use crate::plan::{Usage, UsagePlan};
@@ -245,8 +253,8 @@ pub struct Reducer<B: AutodiffBackend, C: Collective> {
     record: UsageRecord,
     buckets: BucketCache,
     /// Per slot: this step's local gradient, taken out of burn.
-    local: Vec<Option<TensorData>>,
-    /// The bucket being reduced, in f32; reused across buckets and steps.
+    local: Vec<Option<grads::Local<B::InnerBackend>>>,
+    /// A host collective's bucket, in f32; reused across buckets and steps.
     bucket: Vec<f32>,
     wire_bf16: Vec<bf16>,
     wire_f16: Vec<f16>,
@@ -425,7 +433,6 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     fn reduce_step(&mut self, mut grads: GradientsParams) -> Result<GradientsParams, DdpError> {
         let step = self.step;
         let world = self.collective.world_size();
-        let check = self.config.non_finite != NonFinite::Ignore;
         let mut stats = StepStats {
             step,
             ..StepStats::default()
@@ -454,56 +461,12 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             let spans = layout.spans(bucket);
             self.op = Op::Bucket(index as u32);
 
-            let start = Instant::now();
-            // No zero-fill: the spans tile the bucket, and each is written
-            // below, by a copy or by zeros.
-            self.bucket.resize(bucket.numel, 0.0);
-            for span in spans {
-                let values = &mut self.bucket[span.range()];
-                // Another rank has this gradient, this one not: it
-                // contributes zeros.
-                let Some(data) = &self.local[span.slot] else {
-                    values.fill(0.0);
-                    continue;
-                };
-                if !check {
-                    grads::copy_f32(data, values);
-                } else if !grads::copy_f32_checked(data, values) {
-                    let (element, value) =
-                        finite::first_non_finite(values).expect("a non-finite value");
-                    self.local_non_finite(span.slot, element, value, &mut stats)?;
-                }
+            let tag = Tag::new(step, self.op);
+            if self.collective.sums_on_device() {
+                self.reduce_on_device(tag, spans, &mut stats, &mut out)?;
+            } else {
+                self.reduce_on_host(tag, spans, bucket.numel, &mut stats, &mut out)?;
             }
-            stats.pack += start.elapsed();
-
-            let start = Instant::now();
-            self.all_reduce_bucket(Tag::new(step, self.op), spans, &mut stats)?;
-            stats.all_reduce += start.elapsed();
-
-            let start = Instant::now();
-            for span in spans {
-                let sums = &self.bucket[span.range()];
-                if check && !finite::all_finite(sums) {
-                    self.reduced_non_finite(span.slot, sums, &mut stats)?;
-                }
-                let divisor = match self.config.averaging {
-                    Averaging::WorldSize => world as f32,
-                    Averaging::Contributors => self.usage.contributors(span.slot) as f32,
-                };
-                let values: Vec<f32> = sums.iter().map(|sum| sum / divisor).collect();
-                let slot = &self.plan.layout().slots()[span.slot];
-                let info = &self.infos[span.slot];
-                grads::put::<B::InnerBackend>(
-                    &mut out,
-                    slot.id,
-                    &slot.shape,
-                    values,
-                    info.dtype,
-                    &info.device,
-                );
-            }
-            stats.unpack += start.elapsed();
-
             stats.buckets += 1;
             stats.bytes_sent += (bucket.numel * self.config.wire.element_bytes()) as u64;
         }
@@ -521,14 +484,9 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
                     // Buckets hold no empty slot; its (empty) gradient
                     // still follows the real ones.
                     let info = &self.infos[index];
-                    grads::put::<B::InnerBackend>(
-                        &mut out,
-                        slot.id,
-                        &slot.shape,
-                        Vec::new(),
-                        info.dtype,
-                        &info.device,
-                    );
+                    let empty =
+                        Tensor::<B::InnerBackend, 1>::zeros([0], (&info.device, DType::F32));
+                    grads::put(&mut out, slot.id, &slot.shape, empty, info.dtype);
                 }
             } else {
                 stats.params_skipped += 1;
@@ -539,6 +497,14 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         self.summary.add(&stats);
         self.window.add(&stats);
         Ok(out)
+    }
+
+    /// What the reduced sum of `slot` is divided by.
+    fn divisor(&self, slot: usize) -> f32 {
+        match self.config.averaging {
+            Averaging::WorldSize => self.collective.world_size() as f32,
+            Averaging::Contributors => self.usage.contributors(slot) as f32,
+        }
     }
 
     /// This rank's gradient of `slot` holds `value` at `element`: an error
@@ -592,11 +558,13 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     /// against the plan, this step's usage and its parameter's shape.
     fn take_local_grads(&mut self, grads: &mut GradientsParams) -> Result<(), DdpError> {
         let step = self.step;
+        let on_device = self.collective.sums_on_device();
         for (index, slot) in self.plan.layout().slots().iter().enumerate() {
             if self.usage.is_alias(index) {
                 continue;
             }
-            let Some(data) = grads::take::<B::InnerBackend>(grads, slot.id, slot.shape.len())
+            let Some((shape, grad)) =
+                grads::take::<B::InnerBackend>(grads, slot.id, slot.shape.len(), on_device)
             else {
                 continue;
             };
@@ -612,16 +580,16 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
                     path: slot.path.clone(),
                 });
             }
-            if data.shape.as_slice() != slot.shape.as_slice() {
+            if shape != slot.shape {
                 return Err(DdpError::GradientShape {
                     step,
                     rank: self.collective.rank(),
                     path: slot.path.clone(),
                     expected: slot.shape.clone(),
-                    actual: data.shape.to_vec(),
+                    actual: shape,
                 });
             }
-            self.local[index] = Some(data);
+            self.local[index] = Some(grad);
         }
         if !grads.is_empty() {
             return Err(DdpError::ForeignGradients {
@@ -642,66 +610,18 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         })
     }
 
-    /// All-reduces `self.bucket` (holding `spans`) in the configured wire
-    /// format, in place. A compressed format is checked for values the
-    /// conversion turned into infinities before anything is sent.
-    fn all_reduce_bucket(
-        &mut self,
-        tag: Tag,
-        spans: &[SlotSpan],
-        stats: &mut StepStats,
-    ) -> Result<(), DdpError> {
-        let check = self.config.non_finite != NonFinite::Ignore;
-        match self.config.wire {
-            WireFormat::F32 => self
-                .collective
-                .all_reduce_sum(tag, WireBuf::F32(&mut self.bucket))?,
-            WireFormat::Bf16 => {
-                let mut wire = std::mem::take(&mut self.wire_bf16);
-                wire.clear();
-                wire.extend(self.bucket.iter().map(|&x| bf16::from_f32(x)));
-                if check && finite::any_infinite(&wire) {
-                    self.wire_overflow(&wire, spans, stats)?;
-                }
-                let result = self
-                    .collective
-                    .all_reduce_sum(tag, WireBuf::Bf16(&mut wire));
-                for (out, x) in self.bucket.iter_mut().zip(&wire) {
-                    *out = x.to_f32();
-                }
-                self.wire_bf16 = wire;
-                result?;
-            }
-            WireFormat::F16 => {
-                let mut wire = std::mem::take(&mut self.wire_f16);
-                wire.clear();
-                wire.extend(self.bucket.iter().map(|&x| f16::from_f32(x)));
-                if check && finite::any_infinite(&wire) {
-                    self.wire_overflow(&wire, spans, stats)?;
-                }
-                let result = self.collective.all_reduce_sum(tag, WireBuf::F16(&mut wire));
-                for (out, x) in self.bucket.iter_mut().zip(&wire) {
-                    *out = x.to_f32();
-                }
-                self.wire_f16 = wire;
-                result?;
-            }
-        }
-        Ok(())
-    }
-
     /// The converted bucket `wire` holds infinities: those from finite
     /// values overflowed the format, and are treated like non-finite values.
     fn wire_overflow<H: finite::Half>(
         &mut self,
+        values: &[f32],
         wire: &[H],
         spans: &[SlotSpan],
         stats: &mut StepStats,
     ) -> Result<(), DdpError> {
         for span in spans {
             let range = span.range();
-            let Some(element) = finite::first_overflow(&self.bucket[range.clone()], &wire[range])
-            else {
+            let Some(element) = finite::first_overflow(&values[range.clone()], &wire[range]) else {
                 continue;
             };
             if self.config.non_finite == NonFinite::Error {
@@ -710,7 +630,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
                     rank: self.collective.rank(),
                     path: self.plan.layout().slots()[span.slot].path.clone(),
                     element,
-                    value: self.bucket[span.offset + element].to_string(),
+                    value: values[span.offset + element].to_string(),
                     wire: self.config.wire.to_string(),
                     max: self.config.wire.max_text().to_owned(),
                 });
