@@ -256,9 +256,11 @@ pub use maskddp_runtime::{
     ThreadCollective, ThreadGroup, ThreadGroupConfig, Usage, UsagePlan, UsageRecord, WireBuf,
     WireFormat, init_from_env, parameter_checksum, record_usage,
 };
-pub use maskddp_runtime::{Launch, LaunchEnv, LaunchError};
+pub use maskddp_runtime::{Launch, LaunchEnv, LaunchError, NcclEnv};
 #[cfg(feature = "mpi")]
 pub use maskddp_runtime::{MpiCollective, MpiConfig, MpiInitError};
+#[cfg(feature = "nccl")]
+pub use maskddp_runtime::{NcclCollective, NcclConfig, NcclInitError};
 
 #[cfg(feature = "train")]
 pub use maskddp_runtime::train;

@@ -5,12 +5,26 @@
 //! cargo run --release --example moe_training -- --help
 //! cargo build --release --example moe_training --features mpi
 //! mpirun -np 4 target/release/examples/moe_training --collective mpi
+//! cargo build --release --example moe_training --features nccl
+//! target/release/examples/moe_training --collective nccl --ranks 2   # 2 GPUs, threads
+//! ```
+//!
+//! One process per GPU (torchrun-style), on one node with 4 GPUs:
+//!
+//! ```text
+//! for r in 0 1 2 3; do
+//!   RANK=$r LOCAL_RANK=$r WORLD_SIZE=4 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 \
+//!     target/release/examples/moe_training --collective nccl & done; wait
 //! ```
 
 mod data;
 mod model;
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "nccl")]
+mod nccl;
+#[cfg(any(feature = "mpi", feature = "nccl"))]
+mod process;
 
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -22,6 +36,7 @@ use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::nn::loss::{MseLoss, Reduction};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use maskddp::{
@@ -241,9 +256,13 @@ fn main() -> ExitCode {
              `mpirun -np 4 target/release/examples/moe_training --collective mpi`"
                 .to_owned(),
         )),
+        #[cfg(feature = "nccl")]
+        CollectiveArg::Nccl => nccl::run(args),
+        #[cfg(not(feature = "nccl"))]
         CollectiveArg::Nccl => Err(Failure::Usage(
-            "the `nccl` collective is not part of this version; use `--collective threads` \
-             or `--collective mpi`"
+            "`--collective nccl` needs the NCCL collective: build with \
+             `cargo build --release --example moe_training --features nccl` (no CUDA toolkit \
+             needed) and run it on a machine with NVIDIA GPUs and libnccl"
                 .to_owned(),
         )),
     };
@@ -419,17 +438,30 @@ fn reducer_config(args: &Args) -> ReducerConfig {
     }
 }
 
-/// Trains on every rank; returns whether all replicas ended bit-identical.
+/// Trains on every rank, as threads on the CPU; returns whether all
+/// replicas ended bit-identical.
 fn run(args: &Args) -> Result<bool, String> {
     let ranks = args.ranks as usize;
+    let devices = vec![Default::default(); ranks];
+    run_threads::<Train, _>(args, ThreadGroup::new(ranks), &devices)
+}
+
+/// Trains rank `r` on a thread with `collectives[r]` on `devices[r]`.
+fn run_threads<B: AutodiffBackend, C: Collective + 'static>(
+    args: &Args,
+    collectives: Vec<C>,
+    devices: &[B::Device],
+) -> Result<bool, String> {
+    let ranks = collectives.len();
     let steps = args.steps as usize;
     let mut bar = Bar::new(steps);
     let (progress_tx, progress_rx) = mpsc::channel::<Progress>();
-    let handles: Vec<_> = ThreadGroup::new(ranks)
+    let handles: Vec<_> = collectives
         .into_iter()
-        .zip(initial_models(args, ranks))
+        .zip(initial_models::<B>(args, devices))
+        .zip(devices.iter().cloned())
         .enumerate()
-        .map(|(rank, (collective, model))| {
+        .map(|(rank, ((collective, model), device))| {
             let args = args.clone();
             let progress = (rank == 0).then(|| progress_tx.clone());
             let report_progress = move |p: Progress| {
@@ -439,7 +471,7 @@ fn run(args: &Args) -> Result<bool, String> {
             };
             thread::Builder::new()
                 .name(format!("rank-{rank}"))
-                .spawn(move || train_rank(rank, model, collective, &args, report_progress))
+                .spawn(move || train_rank(rank, model, collective, &args, &device, report_progress))
                 .map_err(|e| format!("cannot start rank {rank}: {e}"))
         })
         .collect::<Result<_, _>>()?;
@@ -542,17 +574,19 @@ fn first_cause(args: &Args, mut errors: Vec<(usize, RankError)>) -> String {
 /// its parameters are initialised lazily, on first read: ranks initialising
 /// on their own threads would draw from it in a racy order, and the same seed
 /// would not give the same run twice.
-fn initial_models(args: &Args, count: usize) -> Vec<MoeNet<Train>> {
-    let device = Default::default();
-    <Train as Backend>::seed(&device, args.seed);
-    (0..count)
-        .map(|_| {
-            let model = MoeNet::<Train>::new(
+fn initial_models<B: AutodiffBackend>(args: &Args, devices: &[B::Device]) -> Vec<MoeNet<B>> {
+    for device in devices {
+        B::seed(device, args.seed);
+    }
+    devices
+        .iter()
+        .map(|device| {
+            let model = MoeNet::<B>::new(
                 INPUT,
                 args.hidden as usize,
                 OUTPUT,
                 args.experts as usize,
-                &device,
+                device,
             );
             // Reading every value initialises the parameters now.
             maskddp::parameter_checksum(&model);
@@ -561,24 +595,23 @@ fn initial_models(args: &Args, count: usize) -> Vec<MoeNet<Train>> {
         .collect()
 }
 
-fn train_rank<C: Collective>(
+fn train_rank<B: AutodiffBackend, C: Collective>(
     rank: usize,
-    model: MoeNet<Train>,
+    model: MoeNet<B>,
     collective: C,
     args: &Args,
+    device: &B::Device,
     mut progress: impl FnMut(Progress),
 ) -> Result<RankResult, RankError> {
-    let device = Default::default();
     let (mut model, mut reducer) = Reducer::new(model, collective, reducer_config(args))?;
     let teachers = Teachers::new(args.seed, args.experts as usize, INPUT, OUTPUT);
-    let mut optimizer = AdamConfig::new().init::<Train, MoeNet<Train>>();
+    let mut optimizer = AdamConfig::new().init::<B, MoeNet<B>>();
     let mse = MseLoss::new();
     let steps = args.steps as usize;
     let mut losses = LossSummary::default();
 
     for step in 0..steps {
-        let batch =
-            teachers.batch::<Train>(args.seed, rank, step, args.batch_size as usize, &device);
+        let batch = teachers.batch::<B>(args.seed, rank, step, args.batch_size as usize, device);
         let output =
             reducer.forward(|| model.forward(batch.x, batch.expert, batch.aux_target.is_some()));
         let mut loss = mse.forward(output.prediction, batch.target, Reduction::Mean);
@@ -588,7 +621,7 @@ fn train_rank<C: Collective>(
                     .forward(aux, aux_target, Reduction::Mean)
                     .mul_scalar(0.1);
         }
-        let loss_value = loss.clone().into_scalar();
+        let loss_value: f32 = loss.clone().into_scalar().elem();
         if !loss_value.is_finite() {
             // Leaving drops this rank's collective: the others stop at once.
             return Err(RankError::Diverged {

@@ -5,6 +5,8 @@ use std::fmt;
 
 #[cfg(feature = "mpi")]
 use crate::collective::{MpiCollective, MpiConfig, MpiInitError};
+#[cfg(feature = "nccl")]
+use crate::collective::{NcclCollective, NcclConfig};
 
 /// How this process was launched, as its environment tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,11 +166,15 @@ pub enum Launch {
     /// Started by `mpirun`: this process is one rank.
     #[cfg(feature = "mpi")]
     Mpi(Box<MpiCollective>),
+    /// Started torchrun-style: this process is one GPU's rank.
+    #[cfg(feature = "nccl")]
+    Nccl(Box<NcclCollective>),
 }
 
 /// Picks the collective from the environment (see [`LaunchEnv::detect`]):
 /// under `mpirun` it initialises MPI and returns this process's rank; with
-/// torchrun-style variables it would start the NCCL rendezvous; with neither,
+/// torchrun-style variables it runs the NCCL rendezvous (see [`NcclEnv`]);
+/// with neither,
 /// it returns [`Launch::Threads`]. A launcher this build cannot serve is an
 /// error naming the cargo feature it needs.
 pub fn init_from_env() -> Result<Launch, LaunchError> {
@@ -183,7 +189,18 @@ pub fn init_from_env() -> Result<Launch, LaunchError> {
             launcher: "mpirun",
             feature: "mpi",
         }),
-        LaunchEnv::Torchrun { .. } => Err(LaunchError::NcclUnavailable),
+        #[cfg(feature = "nccl")]
+        LaunchEnv::Torchrun { .. } => {
+            let env = NcclEnv::from_env()?;
+            NcclCollective::init_rank(&env, NcclConfig::default())
+                .map(|collective| Launch::Nccl(Box::new(collective)))
+                .map_err(|err| LaunchError::Nccl(err.to_string()))
+        }
+        #[cfg(not(feature = "nccl"))]
+        LaunchEnv::Torchrun { .. } => Err(LaunchError::FeatureMissing {
+            launcher: "torchrun-style launch (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)",
+            feature: "nccl",
+        }),
     }
 }
 
@@ -225,17 +242,74 @@ pub enum LaunchError {
         /// The cargo feature.
         feature: &'static str,
     },
-    /// torchrun-style variables ask for the NCCL collective.
-    #[error(
-        "RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT ask for the NCCL rendezvous, which \
-         needs maskddp's `nccl` feature, not available in this version; launch with \
-         `mpirun` (feature `mpi`) or unset them to run ranks as threads"
-    )]
-    NcclUnavailable,
+    /// The NCCL collective could not be started.
+    #[error("{0}")]
+    Nccl(String),
     /// MPI could not be initialised.
     #[cfg(feature = "mpi")]
     #[error(transparent)]
     Mpi(#[from] MpiInitError),
+}
+
+/// Where this process's NCCL rank meets the others: torchrun's `RANK`,
+/// `WORLD_SIZE`, `LOCAL_RANK` (the GPU; this rank's number when unset, as on
+/// one node), `MASTER_ADDR` and `MASTER_PORT`; under `mpirun`, the rank,
+/// size and local rank come from `OMPI_COMM_WORLD_*` instead (the address
+/// and port are still needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NcclEnv {
+    /// This process's rank.
+    pub rank: usize,
+    /// Number of processes.
+    pub world_size: usize,
+    /// The GPU of this process, on its node.
+    pub local_rank: usize,
+    /// Host of rank 0.
+    pub master_addr: String,
+    /// Port rank 0 listens on.
+    pub master_port: u16,
+}
+
+impl NcclEnv {
+    /// Reads this process's environment.
+    pub fn from_env() -> Result<Self, LaunchError> {
+        Self::detect(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the variables `var` returns: torchrun's, or mpirun's for the
+    /// rank, size and local rank.
+    pub fn detect(var: impl Fn(&str) -> Option<String>) -> Result<Self, LaunchError> {
+        let (launcher, local) = if var(TORCHRUN.rank).is_some() || var(OPENMPI.rank).is_none() {
+            (&TORCHRUN, "LOCAL_RANK")
+        } else {
+            (&OPENMPI, "OMPI_COMM_WORLD_LOCAL_RANK")
+        };
+        let (rank, world_size) = launcher
+            .rank_and_size(&var)?
+            .ok_or_else(|| TORCHRUN.required(&var, TORCHRUN.rank).unwrap_err())?;
+        let local_rank = match var(local) {
+            None => rank,
+            Some(value) => value.trim().parse().map_err(|_| LaunchError::Invalid {
+                variable: local,
+                value: value.clone(),
+                expected: "the GPU number of this process on its node".to_owned(),
+            })?,
+        };
+        let master_addr = TORCHRUN.required(&var, "MASTER_ADDR")?;
+        let port = TORCHRUN.required(&var, "MASTER_PORT")?;
+        let master_port = port.trim().parse().map_err(|_| LaunchError::Invalid {
+            variable: "MASTER_PORT",
+            value: port.clone(),
+            expected: "a TCP port number (1 to 65535)".to_owned(),
+        })?;
+        Ok(Self {
+            rank,
+            world_size,
+            local_rank,
+            master_addr,
+            master_port,
+        })
+    }
 }
 
 impl fmt::Display for LaunchEnv {
@@ -338,6 +412,82 @@ mod tests {
             );
             assert!(err.to_string().contains(&format!("`{missing}` is not set")));
         }
+    }
+
+    #[test]
+    fn nccl_reads_torchrun_or_mpirun_variables() {
+        let env = [
+            ("RANK", "3"),
+            ("WORLD_SIZE", "8"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "node0"),
+            ("MASTER_PORT", "29500"),
+        ];
+        let read = |vars: &[(&str, &str)]| {
+            NcclEnv::detect(|name| {
+                vars.iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| value.to_string())
+            })
+        };
+        let expected = NcclEnv {
+            rank: 3,
+            world_size: 8,
+            local_rank: 1,
+            master_addr: "node0".to_owned(),
+            master_port: 29500,
+        };
+        assert_eq!(read(&env), Ok(expected.clone()));
+        // One node: the GPU is the rank.
+        assert_eq!(
+            read(
+                &env[..2]
+                    .iter()
+                    .chain(&env[3..])
+                    .copied()
+                    .collect::<Vec<_>>()
+            )
+            .map(|e| e.local_rank),
+            Ok(3)
+        );
+        let mpirun = [
+            ("OMPI_COMM_WORLD_RANK", "3"),
+            ("OMPI_COMM_WORLD_SIZE", "8"),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "node0"),
+            ("MASTER_PORT", "29500"),
+        ];
+        assert_eq!(read(&mpirun), Ok(expected));
+        for (vars, missing) in [
+            (&mpirun[..3], "MASTER_ADDR"),
+            (&env[2..], "WORLD_SIZE"),
+            (&[][..], "RANK"),
+        ] {
+            let err = read(vars).unwrap_err();
+            assert!(
+                matches!(err, LaunchError::Missing { missing: m, .. } if m == missing),
+                "{vars:?}: {err}"
+            );
+        }
+        let err = read(
+            &[("LOCAL_RANK", "x")]
+                .iter()
+                .chain(&env[..2])
+                .chain(&env[3..])
+                .copied()
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LaunchError::Invalid {
+                    variable: "LOCAL_RANK",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -23,8 +23,10 @@ pub use collective::{
 };
 #[cfg(feature = "mpi")]
 pub use collective::{MpiCollective, MpiConfig, MpiInitError};
+#[cfg(feature = "nccl")]
+pub use collective::{NcclCollective, NcclConfig, NcclInitError};
 pub use error::DdpError;
-pub use launch::{Launch, LaunchEnv, LaunchError, init_from_env};
+pub use launch::{Launch, LaunchEnv, LaunchError, NcclEnv, init_from_env};
 pub use layout::{ParamLayout, ParamSlot};
 pub use model::DdpModel;
 pub use plan::{PlanBuilder, PlanTable, Usage, UsagePlan};

@@ -1,5 +1,6 @@
 //! A rank's call (tag, length, root) as four words for the all-gather that
-//! precedes every MPI operation, and the comparison of the gathered calls.
+//! precedes every MPI and NCCL operation (neither carries tags), and the
+//! comparison of the gathered calls.
 
 use crate::collective::{CallView, Op, Tag};
 

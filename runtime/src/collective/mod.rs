@@ -13,10 +13,13 @@
 //! device.
 
 // Tag agreement for collectives whose library carries no tags.
-#[cfg(feature = "mpi")]
+#[cfg(any(feature = "mpi", feature = "nccl"))]
 mod calls;
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "nccl")]
+mod nccl;
+pub mod rendezvous;
 mod thread_group;
 
 use std::any::Any;
@@ -27,6 +30,8 @@ use half::{bf16, f16};
 
 #[cfg(feature = "mpi")]
 pub use mpi::{MpiCollective, MpiConfig, MpiInitError};
+#[cfg(feature = "nccl")]
+pub use nccl::{NcclCollective, NcclConfig, NcclInitError};
 pub use thread_group::{ThreadCollective, ThreadGroup, ThreadGroupConfig};
 
 /// The operation a collective call belongs to.

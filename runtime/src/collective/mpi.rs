@@ -40,8 +40,7 @@ use ::mpi::datatype::Equivalence;
 use ::mpi::environment::Universe;
 use half::{bf16, f16};
 
-use super::calls;
-use super::{CallView, Collective, CollectiveError, Tag, WireBuf};
+use super::{CallView, Collective, CollectiveError, Tag, WireBuf, calls};
 
 /// Calls to `MPI_Test` between yields of the core while waiting: a yield
 /// after every call delays each round of a large all-reduce (measured up to
