@@ -567,16 +567,20 @@ fn first_cause(args: &Args, mut errors: Vec<(usize, RankError)>) -> String {
     }
 }
 
-/// One model per rank, each with different random parameters (the reducer
-/// broadcasts rank 0's, so every replica starts identical).
+/// One model per rank, on its device `devices[rank]`, each with different
+/// random parameters (the reducer broadcasts rank 0's, so every replica
+/// starts identical).
 ///
 /// Built here, one after the other, because burn's generator is global and
 /// its parameters are initialised lazily, on first read: ranks initialising
 /// on their own threads would draw from it in a racy order, and the same seed
 /// would not give the same run twice.
 fn initial_models<B: AutodiffBackend>(args: &Args, devices: &[B::Device]) -> Vec<MoeNet<B>> {
-    for device in devices {
-        B::seed(device, args.seed);
+    // Each device's generator once: ranks sharing a device draw in turn.
+    for (index, device) in devices.iter().enumerate() {
+        if !devices[..index].contains(device) {
+            B::seed(device, args.seed);
+        }
     }
     devices
         .iter()

@@ -73,14 +73,12 @@ impl NcclConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum NcclInitError {
     /// libcuda or libnccl cannot be loaded.
-    #[error(
-        "cannot load {library}: NCCL needs an NVIDIA driver and libnccl at run time; cudarc \
-         looks for `libnccl.so` (and `.so.13`, `.so.12`, ...) on LD_LIBRARY_PATH — a pip \
-         `nvidia-nccl-cu*` wheel ships `libnccl.so.2`: symlink it as `libnccl.so`"
-    )]
+    #[error("cannot load {library}: {hint}")]
     Library {
         /// The library.
         library: &'static str,
+        /// What to do about it.
+        hint: &'static str,
     },
     /// A CUDA or NCCL call failed while setting up.
     #[error("setting up NCCL on device {device}: {detail}")]
@@ -125,11 +123,17 @@ fn check_libraries() -> Result<(), NcclInitError> {
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err(NcclInitError::Library {
             library: "the CUDA driver (libcuda)",
+            hint: "the NCCL collective runs on NVIDIA GPUs and needs their driver",
         });
     }
     // SAFETY: as above.
     if !unsafe { cudarc::nccl::sys::is_culib_present() } {
-        return Err(NcclInitError::Library { library: "libnccl" });
+        return Err(NcclInitError::Library {
+            library: "libnccl",
+            hint: "cudarc looks for `libnccl.so` (and `.so.13`, `.so.12`, ...) on \
+                   LD_LIBRARY_PATH; a pip `nvidia-nccl-cu*` wheel ships `libnccl.so.2`: link it \
+                   as `libnccl.so` in a folder on LD_LIBRARY_PATH",
+        });
     }
     Ok(())
 }
