@@ -31,6 +31,8 @@ if [ "${1:-}" = "--build" ]; then
     mkdir -p "$bin"
     cp "$test_bin" "$bin/nccl_gpu"
     cp "$target/release/examples/moe_training" "$bin/moe_training"
+    # Without symbols each binary is about 30 MB instead of 40: less to carry.
+    strip "$bin/nccl_gpu" "$bin/moe_training"
     ls -l "$bin"
     exit 0
 fi
