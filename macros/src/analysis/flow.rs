@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 
 use proc_macro2::{TokenStream, TokenTree};
 use quote::ToTokens;
+use syn::ext::IdentExt as _;
 use syn::{Block, Expr, ExprMethodCall, ImplItemFn, Stmt};
 
 use super::render::{clip, render_tokens};
@@ -88,7 +89,7 @@ pub(super) fn walk_method(
         frames: Vec::new(),
         summary: Summary::default(),
         callees: BTreeSet::new(),
-        method_name: f.sig.ident.to_string(),
+        method_name: f.sig.ident.unraw().to_string(),
         opaque: false,
     };
     w.block(&f.block);
@@ -520,7 +521,7 @@ impl Walker<'_> {
             for arg in e.args.iter().skip(1) {
                 self.expr(arg);
             }
-            self.self_call(&method.to_string(), e);
+            self.self_call(&method.unraw().to_string(), e);
             return;
         }
         self.expr(&e.func);
@@ -532,7 +533,7 @@ impl Walker<'_> {
     fn method_call(&mut self, e: &ExprMethodCall) {
         if is_self(&e.receiver) {
             e.args.iter().for_each(|arg| self.expr(arg));
-            self.self_call(&e.method.to_string(), e);
+            self.self_call(&e.method.unraw().to_string(), e);
             return;
         }
         self.expr(&e.receiver);

@@ -17,6 +17,7 @@ pub(crate) mod sites;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use syn::ext::IdentExt as _;
 use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, Member};
 
 use self::flow::Must;
@@ -91,7 +92,7 @@ pub(crate) fn methods(imp: &ItemImpl) -> Methods<'_> {
     imp.items
         .iter()
         .filter_map(|item| match item {
-            ImplItem::Fn(f) if takes_ref_self(f) => Some((f.sig.ident.to_string(), f)),
+            ImplItem::Fn(f) if takes_ref_self(f) => Some((f.sig.ident.unraw().to_string(), f)),
             _ => None,
         })
         .collect()
@@ -229,7 +230,7 @@ fn fixpoint(
 
 fn report_missing_forward(cx: &Ctxt, imp: &ItemImpl) {
     let other_forward = imp.items.iter().find_map(|item| match item {
-        ImplItem::Fn(f) if f.sig.ident == "forward" => Some(f),
+        ImplItem::Fn(f) if f.sig.ident.unraw() == "forward" => Some(f),
         _ => None,
     });
     match other_forward {

@@ -511,3 +511,22 @@ fn a_method_other_than_forward_keeps_a_nested_split_from_holding() {
     );
     assert!(matches!(of(&v, "c"), FieldUsage::AlwaysIfPlain(_)));
 }
+
+#[test]
+fn raw_method_names_are_the_plain_ones() {
+    // `fn r#forward` is `forward`, and `self.r#helper()` calls `fn helper`.
+    let v = verdicts(parse_quote! {
+        impl<B: Backend> Net<B> {
+            pub fn r#forward(&self, x: Tensor<B, 2>, k: bool) -> Tensor<B, 2> {
+                let x = self.a.forward(x);
+                if k { self.r#helper(x) } else { x }
+            }
+
+            fn helper(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+                self.b.forward(x)
+            }
+        }
+    });
+    assert_eq!(of(&v, "a"), Always);
+    assert_eq!(of(&v, "b"), cond("if k"));
+}

@@ -3,6 +3,7 @@
 //! length, or an adaptor whose result is tracked in turn).
 
 use syn::Expr;
+use syn::ext::IdentExt as _;
 
 use super::shape::{Shape, parts, union};
 use super::tracker::Tracker;
@@ -163,7 +164,7 @@ impl Tracker<'_> {
         let Expr::MethodCall(call) = expr else {
             return None;
         };
-        let method = call.method.to_string();
+        let method = call.method.unraw().to_string();
         self.check_threads(&method, &call.args);
         if is_self(&call.receiver) {
             call.args.iter_mut().for_each(|a| self.expr(a));

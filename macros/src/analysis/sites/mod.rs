@@ -51,6 +51,7 @@ mod tracker;
 use std::collections::BTreeMap;
 
 use proc_macro2::{TokenStream, TokenTree};
+use syn::ext::IdentExt as _;
 use syn::{Expr, ImplItemFn};
 
 use super::FieldTable;
@@ -150,7 +151,7 @@ pub(crate) fn mark_methods<'a>(
             fields,
             sites: &mut sites,
             scopes: vec![Vec::new()],
-            method: method.sig.ident.to_string(),
+            method: method.sig.ident.unraw().to_string(),
             is_forward,
             closures: 0,
             opaque: false,
