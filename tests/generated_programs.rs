@@ -22,7 +22,7 @@ mod common;
 #[path = "generated_programs/models.rs"]
 mod models;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,11 +32,11 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Device;
 use common::{
-    Ad, Rng, all_ok, assert_close, grads_by_path, matrix, reference_average, run_ranks, with_values,
+    Ad, Rng, all_ok, assert_close, check_plan, grads_by_path, matrix, reference_average, run_ranks,
+    with_values,
 };
 use maskddp::{
-    Averaging, DdpModel, Reducer, ReducerConfig, ThreadGroup, ThreadGroupConfig, Usage,
-    record_usage,
+    Averaging, DdpModel, Reducer, ReducerConfig, ThreadGroup, ThreadGroupConfig, record_usage,
 };
 use models::{N, R, R_MAX};
 
@@ -170,40 +170,11 @@ fn check_run<M: Generated>(
     let grads = GradientsParams::from_grads(loss(out, target).backward(), model);
     let with_grad = grads_by_path(model, &grads);
     let plan = model.usage_plan();
-    let recorded: BTreeSet<_> = record.ids().iter().copied().collect();
-    let (mut missed, mut false_always, mut over_recorded) = (Vec::new(), Vec::new(), Vec::new());
-    let mut conditional_with_grad = 0;
-    for (slot, usage) in plan.layout().slots().iter().zip(plan.usage()) {
-        let has = with_grad.contains_key(&slot.path);
-        let rec = recorded.contains(&slot.id);
-        match usage {
-            Usage::Always if !has => false_always.push(slot.path.clone()),
-            Usage::Conditional { .. } if has => {
-                conditional_with_grad += 1;
-                if !rec {
-                    missed.push(slot.path.clone());
-                }
-            }
-            Usage::Conditional { .. } if rec && recording == Exact => {
-                over_recorded.push(slot.path.clone())
-            }
-            _ => {}
-        }
-    }
-    let table = plan.table();
-    assert!(
-        missed.is_empty(),
-        "{what}: gradient but no recorded use: {missed:?}\n{table}"
-    );
-    assert!(
-        false_always.is_empty(),
-        "{what}: planned always but no gradient: {false_always:?}\n{table}"
-    );
-    assert!(
-        over_recorded.is_empty(),
-        "{what}: recorded but no gradient: {over_recorded:?}\n{table}"
-    );
-    (with_grad, conditional_with_grad)
+    let check = check_plan(&plan, record.ids(), |slot| {
+        with_grad.contains_key(&slot.path)
+    });
+    check.assert_holds(what, recording == Exact, &plan);
+    (with_grad, check.conditional_with_grad)
 }
 
 /// The whole property for one generated model.

@@ -21,6 +21,8 @@
     clippy::get_first
 )]
 
+mod common;
+
 use std::collections::BTreeSet;
 
 use burn::backend::{Autodiff, NdArray};
@@ -28,6 +30,7 @@ use burn::module::{AutodiffModule, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use common::check_plan;
 use maskddp::{DdpModel, Usage, record_usage};
 
 type B = Autodiff<NdArray>;
@@ -89,42 +92,11 @@ fn check<M: DdpModel<B> + AutodiffModule<B>>(
     let grads = GradientsParams::from_grads(out.sum().backward(), model);
     let plan = model.usage_plan();
     assert!(plan.undescribed().is_empty(), "{what}\n{}", plan.table());
-    let recorded: BTreeSet<_> = record.ids().iter().copied().collect();
-    let (mut missed, mut false_always, mut over_recorded) = (Vec::new(), Vec::new(), Vec::new());
-    let mut conditional_with_grad = 0;
-    for (slot, usage) in plan.layout().slots().iter().zip(plan.usage()) {
-        let has = has_grad(&grads, slot.id, slot.shape.len());
-        let always = *usage == Usage::Always;
-        let rec = recorded.contains(&slot.id);
-        if always && !has {
-            false_always.push(slot.path.clone());
-        }
-        if has && !always {
-            conditional_with_grad += 1;
-            if !rec {
-                missed.push(slot.path.clone());
-            }
-        }
-        if exact && rec && !has && matches!(usage, Usage::Conditional { .. }) {
-            over_recorded.push(slot.path.clone());
-        }
-    }
-    assert!(
-        missed.is_empty(),
-        "{what}: gradient but no recorded use: {missed:?}\n{}",
-        plan.table()
-    );
-    assert!(
-        false_always.is_empty(),
-        "{what}: planned always but no gradient: {false_always:?}\n{}",
-        plan.table()
-    );
-    assert!(
-        over_recorded.is_empty(),
-        "{what}: recorded but no gradient: {over_recorded:?}\n{}",
-        plan.table()
-    );
-    conditional_with_grad
+    let check = check_plan(&plan, record.ids(), |slot| {
+        has_grad(&grads, slot.id, slot.shape.len())
+    });
+    check.assert_holds(what, exact, &plan);
+    check.conditional_with_grad
 }
 
 /// One model per construct: `fields` are built with [`Make`], `forward` is

@@ -9,18 +9,20 @@
 
 #[path = "../../runtime/tests/common/shared.rs"]
 mod shared;
+#[allow(unused_imports)] // each test binary uses a different part
 pub use shared::{Rng, all_ok, run_ranks};
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use burn::backend::{Autodiff, NdArray};
+use burn::module::ParamId;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
-use maskddp::{ParamLayout, ddp_model};
+use maskddp::{ParamLayout, ParamSlot, Usage, UsagePlan, ddp_model};
 
 pub type Ad = Autodiff<NdArray<f32>>;
 
@@ -357,4 +359,75 @@ pub fn reference_average(
             )
         })
         .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The plan against one run's real gradients
+
+/// How one run's real gradients compare with the plan and the run's records,
+/// for every parameter slot (so for every class of parameter).
+#[derive(Debug, Default)]
+pub struct PlanCheck {
+    /// A real gradient, neither planned always nor recorded: the reducer's
+    /// "the plan missed a use".
+    pub missed: Vec<String>,
+    /// Planned always, but no gradient.
+    pub false_always: Vec<String>,
+    /// Recorded as conditional, but no gradient (costs bytes only).
+    pub over_recorded: Vec<String>,
+    /// Parameters not planned always that got a gradient: the run was not
+    /// vacuous.
+    pub conditional_with_grad: usize,
+}
+
+/// Compares `plan` and the `recorded` ids of one run with the parameters
+/// that really got a gradient (`has_grad`).
+pub fn check_plan(
+    plan: &UsagePlan,
+    recorded: &[ParamId],
+    has_grad: impl Fn(&ParamSlot) -> bool,
+) -> PlanCheck {
+    let recorded: BTreeSet<ParamId> = recorded.iter().copied().collect();
+    let mut check = PlanCheck::default();
+    for (slot, usage) in plan.layout().slots().iter().zip(plan.usage()) {
+        let has = has_grad(slot);
+        let always = *usage == Usage::Always;
+        let rec = recorded.contains(&slot.id);
+        if always && !has {
+            check.false_always.push(slot.path.clone());
+        }
+        if has && !always {
+            check.conditional_with_grad += 1;
+            if !rec {
+                check.missed.push(slot.path.clone());
+            }
+        }
+        if rec && !has && matches!(usage, Usage::Conditional { .. }) {
+            check.over_recorded.push(slot.path.clone());
+        }
+    }
+    check
+}
+
+impl PlanCheck {
+    /// Fails naming `what` unless both directions hold; with `exact`, also
+    /// unless every recorded conditional parameter got a gradient.
+    pub fn assert_holds(&self, what: &str, exact: bool, plan: &UsagePlan) {
+        let table = plan.table();
+        let missed = &self.missed;
+        assert!(
+            missed.is_empty(),
+            "{what}: gradient but no recorded use: {missed:?}\n{table}"
+        );
+        let false_always = &self.false_always;
+        assert!(
+            false_always.is_empty(),
+            "{what}: planned always but no gradient: {false_always:?}\n{table}"
+        );
+        let over_recorded = &self.over_recorded;
+        assert!(
+            !exact || over_recorded.is_empty(),
+            "{what}: recorded but no gradient: {over_recorded:?}\n{table}"
+        );
+    }
 }
