@@ -78,6 +78,79 @@ fn sums_are_bit_identical_across_ranks() {
     }
 }
 
+/// `len` elements cut into parts at random points, empty parts included.
+fn cut(rng: &mut Rng, len: usize) -> Vec<usize> {
+    let mut lengths = Vec::new();
+    let mut left = len;
+    while left > 0 {
+        let part = ((rng.unit() * 1.5 * (len as f32).sqrt()) as usize).min(left);
+        lengths.push(part);
+        left -= part;
+    }
+    lengths.push(0);
+    lengths
+}
+
+#[test]
+fn scattered_parts_sum_to_the_bits_of_one_buffer() {
+    for world in [1, 2, 3, 4, 7] {
+        for len in [0usize, 1, 5, 64, 1000] {
+            // Every rank cuts its buffer the same way (a shared seed).
+            let lengths = cut(&mut Rng::new(len as u64 + 11), len);
+            let results = all_ok(run_ranks(
+                ThreadGroup::new(world),
+                LIMIT,
+                move |rank, mut collective| {
+                    assert!(collective.sums_scattered());
+                    let mut rng = Rng::new(rank as u64);
+                    let whole: Vec<f32> = (0..len).map(|_| rng.unit() * 1e3 - 5e2).collect();
+                    let mut contiguous = whole.clone();
+                    collective
+                        .all_reduce_sum(Tag::new(1, Op::Bucket(0)), WireBuf::F32(&mut contiguous))
+                        .unwrap();
+                    let mut rest = whole.as_slice();
+                    let mut parts: Vec<Vec<f32>> = lengths
+                        .iter()
+                        .map(|&n| {
+                            let (part, tail) = rest.split_at(n);
+                            rest = tail;
+                            part.to_vec()
+                        })
+                        .collect();
+                    let mut views: Vec<&mut [f32]> =
+                        parts.iter_mut().map(Vec::as_mut_slice).collect();
+                    collective
+                        .all_reduce_scattered(Tag::new(1, Op::Bucket(1)), &mut views)
+                        .unwrap();
+                    let scattered: Vec<u32> = parts.concat().iter().map(|x| x.to_bits()).collect();
+                    let contiguous: Vec<u32> = contiguous.iter().map(|x| x.to_bits()).collect();
+                    (contiguous, scattered)
+                },
+            ));
+            for (contiguous, scattered) in &results {
+                assert_eq!(scattered, contiguous, "world {world}, length {len}");
+                assert_eq!(contiguous, &results[0].0, "world {world}, length {len}");
+            }
+        }
+    }
+}
+
+#[test]
+fn scattered_parts_of_different_lengths_are_an_error_on_every_rank() {
+    let results = run_ranks(ThreadGroup::new(3), LIMIT, |rank, mut collective| {
+        // The same total length, cut differently on rank 2.
+        let lengths: &[usize] = if rank == 2 { &[3, 5] } else { &[4, 4] };
+        let mut parts: Vec<Vec<f32>> = lengths.iter().map(|&n| vec![1.0; n]).collect();
+        let mut views: Vec<&mut [f32]> = parts.iter_mut().map(Vec::as_mut_slice).collect();
+        collective.all_reduce_scattered(Tag::new(2, Op::Bucket(0)), &mut views)
+    });
+    for result in all_ok(results) {
+        let err = result.expect_err("parts of different lengths").to_string();
+        assert!(err.contains("in 2 part(s) of the same lengths"), "{err}");
+        assert!(err.contains("step 2, all-reduce of bucket 0"), "{err}");
+    }
+}
+
 #[test]
 fn compressed_and_count_reductions() {
     let world = 3;

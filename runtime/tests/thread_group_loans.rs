@@ -4,8 +4,8 @@
 //! Miri and loom do not run on this toolchain; these stress tests make the
 //! races happen many times instead:
 //!
-//! - After every operation each rank overwrites its buffer with NaN at once
-//!   and frees it. A rank that left while a slower peer still copied its
+//! - After every operation each rank overwrites its buffer (contiguous, or
+//!   scattered over parts) with NaN at once and frees it. A rank that left while a slower peer still copied its
 //!   sums out would hand that peer NaN: every successful result is checked
 //!   against the exact sum.
 //! - Failures are injected mid-operation (a timeout of a few microseconds
@@ -32,8 +32,10 @@ fn value(op: usize, rank: usize, i: usize) -> f32 {
     ((op * 13 + rank * 31 + i * 7) % 97) as f32 - 48.0
 }
 
-/// One all-reduce of a fresh buffer; on success every element must be the
-/// exact sum. Then the buffer is poisoned and freed.
+/// One all-reduce of a fresh buffer, contiguous in even operations and
+/// scattered over separately allocated parts (one of them empty) in odd
+/// ones; on success every element must be the exact sum. Then the buffer is
+/// poisoned and freed.
 fn reduce_and_poison(
     collective: &mut ThreadCollective,
     op: usize,
@@ -41,13 +43,31 @@ fn reduce_and_poison(
     len: usize,
 ) -> Result<(), CollectiveError> {
     let rank = collective.rank();
-    let mut data: Vec<f32> = (0..len).map(|i| value(op, rank, i)).collect();
-    let result = collective.all_reduce_sum(
-        Tag::new(op as u64 + 1, Op::Bucket(0)),
-        WireBuf::F32(&mut data),
-    );
+    let tag = Tag::new(op as u64 + 1, Op::Bucket(0));
+    let data: Vec<f32> = (0..len).map(|i| value(op, rank, i)).collect();
+    let cuts = if op % 2 == 0 {
+        vec![len]
+    } else {
+        vec![len / 3, 0, len - len / 3]
+    };
+    let mut rest = data.as_slice();
+    let mut parts: Vec<Vec<f32>> = cuts
+        .iter()
+        .map(|&n| {
+            let (part, tail) = rest.split_at(n);
+            rest = tail;
+            part.to_vec()
+        })
+        .collect();
+    let result = match parts.as_mut_slice() {
+        [whole] => collective.all_reduce_sum(tag, WireBuf::F32(whole)),
+        parts => {
+            let mut views: Vec<&mut [f32]> = parts.iter_mut().map(Vec::as_mut_slice).collect();
+            collective.all_reduce_scattered(tag, &mut views)
+        }
+    };
     if result.is_ok() {
-        for (i, &x) in data.iter().enumerate() {
+        for (i, &x) in parts.iter().flatten().enumerate() {
             let expected: f32 = (0..world).map(|r| value(op, r, i)).sum();
             assert_eq!(
                 x, expected,
@@ -56,8 +76,10 @@ fn reduce_and_poison(
         }
     }
     // A peer still reading this buffer would now see NaN, then freed memory.
-    data.fill(f32::NAN);
-    drop(data);
+    for mut part in parts {
+        part.fill(f32::NAN);
+        drop(part);
+    }
     result
 }
 
@@ -159,10 +181,8 @@ fn a_different_element_type_is_an_error_not_a_misread() {
         let err = result
             .expect_err("mixed element types must fail")
             .to_string();
-        assert!(
-            err.contains("elements of bf16") || err.contains("of f32 where"),
-            "{err}"
-        );
+        assert!(err.contains("lent 8 elements of"), "{err}");
+        assert!(err.contains("bf16") && err.contains("f32"), "{err}");
         assert!(err.contains("step 1, all-reduce of bucket 0"), "{err}");
     }
 }

@@ -5,9 +5,12 @@
 //! operation) so an implementation can tell when ranks disagree about where
 //! they are, and say so instead of reducing unrelated buffers.
 //!
-//! Buckets reach a collective in one of two ways. A host collective (the
-//! thread group, MPI) sums host memory: the reducer moves each bucket to the
-//! host once and calls [`Collective::all_reduce_sum`]. A device collective
+//! Buckets reach a collective in one of three ways. A host collective (the
+//! thread group, MPI) sums host memory: the reducer packs each bucket into
+//! one host buffer and calls [`Collective::all_reduce_sum`]. One that can
+//! sum memory in several places (the thread group) says so with
+//! [`Collective::sums_scattered`] and gets the gradients themselves, unpacked,
+//! [`Collective::all_reduce_scattered`]. A device collective
 //! (NCCL) says so with [`Collective::sums_on_device`] and sums the bucket
 //! where it lives, [`Collective::all_reduce_device`]: no gradient leaves the
 //! device.
@@ -146,6 +149,32 @@ pub trait Collective: Send {
     /// the same bits.
     fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError>;
 
+    /// Whether f32 buckets go to [`Self::all_reduce_scattered`] as the
+    /// gradients themselves, wherever they lie, instead of being packed into
+    /// one buffer for [`Self::all_reduce_sum`] (the default).
+    fn sums_scattered(&self) -> bool {
+        false
+    }
+
+    /// Sums the buffer made of `parts` (their concatenation) element-wise
+    /// over all ranks, in place; every rank passes parts of the same lengths
+    /// and ends with the same bits. Called only when
+    /// [`Self::sums_scattered`] says so; the default reports that it does not.
+    fn all_reduce_scattered(
+        &mut self,
+        tag: Tag,
+        parts: &mut [&mut [f32]],
+    ) -> Result<(), CollectiveError> {
+        let _ = parts;
+        Err(CollectiveError::Invalid {
+            tag,
+            rank: self.rank(),
+            reason: "this collective sums one contiguous buffer (all_reduce_sum), not scattered \
+                     parts"
+                .to_owned(),
+        })
+    }
+
     /// Whether buckets go to [`Self::all_reduce_device`] (this collective
     /// sums device memory) instead of [`Self::all_reduce_sum`] (the default:
     /// it sums host memory).
@@ -209,6 +238,12 @@ macro_rules! forward_collective {
             }
             fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError> {
                 (**self).all_reduce_sum(tag, data)
+            }
+            fn sums_scattered(&self) -> bool {
+                (**self).sums_scattered()
+            }
+            fn all_reduce_scattered(&mut self, tag: Tag, parts: &mut [&mut [f32]]) -> Result<(), CollectiveError> {
+                (**self).all_reduce_scattered(tag, parts)
             }
             fn sums_on_device(&self) -> bool {
                 (**self).sums_on_device()

@@ -3,8 +3,11 @@
 //! An all-reduce runs straight out of the ranks' own buffers, with no
 //! staging copy: a reduce-scatter, then an all-gather, both in place.
 //!
-//! 1. Every rank *lends* its buffer to the group (its address, length and
-//!    element type), then meets the others (rendezvous).
+//! 1. Every rank *lends* its buffer to the group (a table of its parts'
+//!    addresses and lengths, and their element type), then meets the others
+//!    (rendezvous). A buffer may be scattered over several parts (the
+//!    reducer's gradients, each where burn left it): it is read as their
+//!    concatenation, and every rank's parts must have the same lengths.
 //! 2. Rank `r` sums chunk `r` of every rank's buffer, in rank order, and
 //!    writes the sum into chunk `r` of its own buffer. Nobody else writes
 //!    there, and nobody else reads chunk `r` of any buffer in this phase.
@@ -115,6 +118,8 @@ impl ThreadGroup {
                 rank,
                 shared: Arc::clone(&shared),
                 peers: Vec::with_capacity(world_size),
+                parts: Vec::new(),
+                piece: Vec::with_capacity(world_size),
             })
             .collect()
     }
@@ -128,9 +133,17 @@ impl ThreadGroup {
 pub struct ThreadCollective {
     rank: usize,
     shared: Arc<Shared>,
-    /// The lent buffers' addresses by rank, during an operation (reused).
+    /// The lent part tables' addresses by rank, during an operation (reused).
     peers: Vec<usize>,
+    /// This rank's part table, `(address, length)` per part, during an
+    /// operation (reused).
+    parts: Vec<Part>,
+    /// Scratch for one part's addresses by rank (reused).
+    piece: Vec<usize>,
 }
+
+/// A part of a lent buffer: the address of its first element and its length.
+type Part = (usize, usize);
 
 #[derive(Debug)]
 struct Shared {
@@ -168,8 +181,11 @@ struct SyncState {
 /// A buffer lent to the group for one operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Loan {
-    /// Address of the first element.
-    addr: usize,
+    /// Address of the buffer's part table (`parts` entries of [`Part`]).
+    table: usize,
+    /// Number of parts.
+    parts: usize,
+    /// Total length in elements.
     len: usize,
     /// The element type, which every borrower must read it as.
     element: &'static str,
@@ -360,70 +376,98 @@ impl ThreadCollective {
         }
     }
 
-    /// All-reduce of `data` in place, straight out of every rank's buffer
-    /// (see the module docs).
+    /// All-reduce in place of the buffer made of `parts`, straight out of
+    /// every rank's buffer (see the module docs).
     fn all_reduce_in_place<T: Element>(
         &mut self,
         tag: Tag,
-        data: &mut [T],
+        parts: &mut [&mut [T]],
     ) -> Result<(), CollectiveError> {
-        let (rank, world, len) = (self.rank, self.shared.world, data.len());
-        // From here on the buffer is reached only through the lent address.
-        let own = data.as_mut_ptr();
+        let (rank, world) = (self.rank, self.shared.world);
+        // From here on the parts are reached only through the lent table.
+        let mut table = std::mem::take(&mut self.parts);
+        table.clear();
+        table.extend(
+            parts
+                .iter_mut()
+                .map(|part| (part.as_mut_ptr() as usize, part.len())),
+        );
+        let len = table.iter().map(|&(_, len)| len).sum();
         let view = self.view(tag, len, None);
-        let _lent = self.shared.lend(rank, own, len);
-        self.rendezvous(view.clone())?;
         let mut peers = std::mem::take(&mut self.peers);
-        let borrowed = self
-            .shared
-            .borrow(rank, tag, len, T::NAME, None, &mut peers);
-        let result = borrowed.and_then(|_borrowed| {
-            // SAFETY: every address in `peers` is a lent buffer of `len`
-            // elements of `T`, alive while borrowed; in this phase this rank
-            // alone reads chunk `rank` of them and writes it in its own.
-            unsafe { sum_chunk::<T>(&peers, own, chunk(len, world, rank)) };
+        let mut piece = std::mem::take(&mut self.piece);
+        let result = (|| {
+            let _lent = self.shared.lend::<T>(rank, &table, len);
+            self.rendezvous(view.clone())?;
+            let _borrowed = self
+                .shared
+                .borrow(rank, tag, &table, T::NAME, None, &mut peers)?;
+            // SAFETY: every table in `peers` is lent, with parts of `T` as
+            // long as this rank's, alive while borrowed; in this phase this
+            // rank alone reads chunk `rank` of them and writes it in its own.
+            unsafe {
+                for_each_piece(
+                    &peers,
+                    &table,
+                    chunk(len, world, rank),
+                    &mut piece,
+                    |addrs, own, range| sum_chunk::<T>(addrs, own as *mut T, range),
+                )
+            };
             self.rendezvous(view)?;
-            for (owner, &addr) in peers.iter().enumerate().filter(|(owner, _)| *owner != rank) {
-                let range = chunk(len, world, owner);
+            for owner in (0..world).filter(|&owner| owner != rank) {
                 // SAFETY: as above; chunk `owner` of the owner's buffer holds
                 // its final sum, which nobody writes any more, and chunk
                 // `owner` of this rank's buffer is written by this rank alone.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        (addr as *const T).add(range.start),
-                        own.add(range.start),
-                        range.len(),
+                    for_each_piece(
+                        &peers,
+                        &table,
+                        chunk(len, world, owner),
+                        &mut piece,
+                        |addrs, own, range| {
+                            std::ptr::copy_nonoverlapping(
+                                (addrs[owner] as *const T).add(range.start),
+                                (own as *mut T).add(range.start),
+                                range.len(),
+                            )
+                        },
                     )
                 };
             }
             Ok(())
-        });
+        })();
+        self.parts = table;
         self.peers = peers;
+        self.piece = piece;
         result
     }
 }
 
 impl Shared {
-    /// Lends `len` elements at `addr` to the group until the guard drops.
-    fn lend<T: Element>(&self, rank: usize, addr: *mut T, len: usize) -> Lent<'_> {
+    /// Lends the buffer whose parts `table` lists (`len` elements of `T` in
+    /// all) to the group until the guard drops. The table must stay unchanged
+    /// meanwhile: borrowers read it.
+    fn lend<T: Element>(&self, rank: usize, table: &[Part], len: usize) -> Lent<'_> {
         lock(&self.sync).loans[rank] = Some(Loan {
-            addr: addr as usize,
+            table: table.as_ptr() as usize,
+            parts: table.len(),
             len,
             element: T::NAME,
         });
         Lent { shared: self, rank }
     }
 
-    /// Borrows the loans of every other rank (or of `only` that rank) for
-    /// an operation on `len` elements of `element`, writing every rank's
-    /// address into `peers` (this rank's own loan included, if it lent).
-    /// Fails, borrowing nothing, if a loan is missing (its owner gave up) or
-    /// does not match.
+    /// Borrows the loans of every other rank (or of `only` that rank) for an
+    /// operation on a buffer of `element`s in parts as long as those of
+    /// `own`, writing every rank's table address into `peers` (this rank's
+    /// own, if it lent). Fails, borrowing nothing, if a loan is missing (its
+    /// owner gave up) or does not match.
     fn borrow(
         &self,
         rank: usize,
         tag: Tag,
-        len: usize,
+        own: &[Part],
         element: &'static str,
         only: Option<usize>,
         peers: &mut Vec<usize>,
@@ -432,18 +476,26 @@ impl Shared {
         if let Some(failure) = &state.failure {
             return Err(failure.clone());
         }
+        let len: usize = own.iter().map(|&(_, len)| len).sum();
         peers.clear();
         for owner in 0..self.world {
             match state.loans[owner] {
-                Some(loan) if loan.len == len && loan.element == element => peers.push(loan.addr),
+                // SAFETY: a loan present under the lock has a live table.
+                Some(loan) if loan.element == element && unsafe { loan.parts_match(own) } => {
+                    peers.push(loan.table)
+                }
                 // Not read: a broadcast receiver's own buffer, or a rank
                 // other than the root.
                 _ if !reads(rank, only, owner) => peers.push(0),
                 other => {
                     let reason = match other {
                         Some(loan) => format!(
-                            "rank {owner} lent {} elements of {} where rank {rank} expects {len}                              of {element}",
-                            loan.len, loan.element
+                            "rank {owner} lent {} elements of {} in {} part(s) where rank {rank} \
+                             expects {len} of {element} in {} part(s) of the same lengths",
+                            loan.len,
+                            loan.element,
+                            loan.parts,
+                            own.len()
                         ),
                         None => format!("rank {owner} withdrew its buffer mid-operation"),
                     };
@@ -462,6 +514,19 @@ impl Shared {
             rank,
             only,
         })
+    }
+}
+
+impl Loan {
+    /// Whether the lent parts have the lengths of `own`'s.
+    ///
+    /// # Safety
+    /// The loan's table must be alive (the loan is present, read under the
+    /// group's lock).
+    unsafe fn parts_match(&self, own: &[Part]) -> bool {
+        // SAFETY: by the contract, `parts` entries at `table`.
+        let lent = unsafe { std::slice::from_raw_parts(self.table as *const Part, self.parts) };
+        lent.len() == own.len() && lent.iter().zip(own).all(|(lent, own)| lent.1 == own.1)
     }
 }
 
@@ -508,6 +573,44 @@ impl Drop for Borrowed<'_> {
             state.borrows[owner] -= 1;
         }
         self.shared.wake.notify_all();
+    }
+}
+
+/// Splits `range` of a buffer into its pieces within single parts, and calls
+/// `visit` for each with the addresses of that part by rank (0 where
+/// `tables` has none), the address of this rank's part, and the range within
+/// the part.
+///
+/// # Safety
+/// Every non-zero address in `tables` must be a live table of parts as long
+/// as those of `own`.
+unsafe fn for_each_piece(
+    tables: &[usize],
+    own: &[Part],
+    range: Range<usize>,
+    piece: &mut Vec<usize>,
+    mut visit: impl FnMut(&[usize], usize, Range<usize>),
+) {
+    let mut start = 0;
+    for (index, &(own_addr, len)) in own.iter().enumerate() {
+        if start >= range.end {
+            break;
+        }
+        let end = start + len;
+        if range.start < end {
+            piece.clear();
+            piece.extend(tables.iter().map(|&table| match table {
+                0 => 0,
+                // SAFETY: by the contract, the table has an entry `index`.
+                table => unsafe { (*(table as *const Part).add(index)).0 },
+            }));
+            visit(
+                piece,
+                own_addr,
+                range.start.max(start) - start..range.end.min(end) - start,
+            );
+        }
+        start = end;
     }
 }
 
@@ -562,17 +665,32 @@ impl Collective for ThreadCollective {
         // Compressed buckets are summed in f32 and rounded once: every rank
         // rounds the same f32 value, so results agree.
         match data {
-            WireBuf::F32(data) => self.all_reduce_in_place(tag, data),
-            WireBuf::Bf16(data) => self.all_reduce_in_place(tag, data),
-            WireBuf::F16(data) => self.all_reduce_in_place(tag, data),
+            WireBuf::F32(data) => self.all_reduce_in_place(tag, &mut [data]),
+            WireBuf::Bf16(data) => self.all_reduce_in_place(tag, &mut [data]),
+            WireBuf::F16(data) => self.all_reduce_in_place(tag, &mut [data]),
         }
+    }
+
+    fn sums_scattered(&self) -> bool {
+        true
+    }
+
+    fn all_reduce_scattered(
+        &mut self,
+        tag: Tag,
+        parts: &mut [&mut [f32]],
+    ) -> Result<(), CollectiveError> {
+        if self.shared.world == 1 {
+            return Ok(());
+        }
+        self.all_reduce_in_place(tag, parts)
     }
 
     fn all_reduce_counts(&mut self, tag: Tag, counts: &mut [u32]) -> Result<(), CollectiveError> {
         if self.shared.world == 1 {
             return Ok(());
         }
-        self.all_reduce_in_place(tag, counts)
+        self.all_reduce_in_place(tag, &mut [counts])
     }
 
     fn broadcast(
@@ -593,26 +711,33 @@ impl Collective for ThreadCollective {
             return Ok(());
         }
         let (rank, len) = (self.rank, data.len());
-        let own = data.as_mut_ptr();
+        // From here on the buffer is reached only through the table.
+        let mut table = std::mem::take(&mut self.parts);
+        table.clear();
+        table.push((data.as_mut_ptr() as usize, len));
         let view = self.view(tag, len, Some(root));
-        let _lent = (rank == root).then(|| self.shared.lend(rank, own, len));
-        self.rendezvous(view.clone())?;
-        if rank != root {
-            let mut peers = std::mem::take(&mut self.peers);
-            let borrowed = self
-                .shared
-                .borrow(rank, tag, len, f32::NAME, Some(root), &mut peers);
-            let copied = borrowed.map(|_borrowed| {
-                // SAFETY: the root lent `len` f32s, alive while borrowed; it
-                // does not write them during a broadcast.
-                unsafe { std::ptr::copy_nonoverlapping(peers[root] as *const f32, own, len) };
-            });
-            self.peers = peers;
-            copied?;
-        }
-        // Everyone has borrowed before the root may leave (the root's loan
-        // also waits for the copies to finish on any way out).
-        self.rendezvous(view)
+        let mut peers = std::mem::take(&mut self.peers);
+        let result = (|| {
+            let _lent = (rank == root).then(|| self.shared.lend::<f32>(rank, &table, len));
+            self.rendezvous(view.clone())?;
+            if rank != root {
+                let _borrowed =
+                    self.shared
+                        .borrow(rank, tag, &table, f32::NAME, Some(root), &mut peers)?;
+                // SAFETY: the root lent one part of `len` f32s, alive while
+                // borrowed; it does not write them during a broadcast.
+                unsafe {
+                    let (from, _) = *(peers[root] as *const Part);
+                    std::ptr::copy_nonoverlapping(from as *const f32, table[0].0 as *mut f32, len);
+                }
+            }
+            // Everyone has borrowed before the root may leave (the root's
+            // loan also waits for the copies to finish on any way out).
+            self.rendezvous(view)
+        })();
+        self.parts = table;
+        self.peers = peers;
+        result
     }
 
     fn all_gather_bytes(

@@ -25,6 +25,53 @@ pub(crate) fn copy_checked(src: &[f32], out: &mut [f32]) -> bool {
     !bad
 }
 
+/// Writes `sums / divisor` to `out` (equal lengths) and says whether every
+/// sum is finite, reading each sum once.
+pub(crate) fn scale_checked(sums: &[f32], divisor: f32, out: &mut [f32]) -> bool {
+    debug_assert_eq!(sums.len(), out.len());
+    let mut bad = false;
+    for (sums, out) in sums.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+        bad |= !all_finite(sums);
+        scale(sums, divisor, out);
+    }
+    !bad
+}
+
+/// Divides `values` by `divisor` in place and says whether every value was
+/// finite, reading each once.
+pub(crate) fn scale_in_place_checked(values: &mut [f32], divisor: f32) -> bool {
+    let mut bad = false;
+    for block in values.chunks_mut(BLOCK) {
+        bad |= !all_finite(block);
+        scale_in_place(block, divisor);
+    }
+    !bad
+}
+
+/// Writes `sums / divisor` to `out` (equal lengths).
+pub(crate) fn scale(sums: &[f32], divisor: f32, out: &mut [f32]) {
+    let pairs = out.iter_mut().zip(sums);
+    match exact_inverse(divisor) {
+        Some(inverse) => pairs.for_each(|(out, sum)| *out = sum * inverse),
+        None => pairs.for_each(|(out, sum)| *out = sum / divisor),
+    }
+}
+
+/// Divides `values` by `divisor` in place.
+pub(crate) fn scale_in_place(values: &mut [f32], divisor: f32) {
+    match exact_inverse(divisor) {
+        Some(inverse) => values.iter_mut().for_each(|value| *value *= inverse),
+        None => values.iter_mut().for_each(|value| *value /= divisor),
+    }
+}
+
+/// The inverse of a power of two (a world size of 2, 4, 8, ...): multiplying
+/// by it gives the bits of the division at a fraction of its cost.
+fn exact_inverse(divisor: f32) -> Option<f32> {
+    let inverse = divisor.recip();
+    (divisor.to_bits() & 0x007f_ffff == 0 && inverse * divisor == 1.0).then_some(inverse)
+}
+
 /// Whether every value is finite.
 pub(crate) fn all_finite(values: &[f32]) -> bool {
     values.chunks(BLOCK).all(|block| {
@@ -98,6 +145,15 @@ mod tests {
             let mut out = vec![0.0; len];
             assert!(copy_checked(&clean, &mut out));
             assert_eq!(out, clean);
+            for divisor in [1.0, 3.0, 4.0, 0.5, 6.0] {
+                let mut scaled = vec![7.0; len];
+                assert!(scale_checked(&clean, divisor, &mut scaled));
+                let expected: Vec<f32> = clean.iter().map(|x| x / divisor).collect();
+                assert_eq!(scaled, expected);
+                let mut in_place = clean.clone();
+                assert!(scale_in_place_checked(&mut in_place, divisor));
+                assert_eq!(in_place, expected);
+            }
             assert!(all_finite(&clean));
             assert_eq!(first_non_finite(&clean), None);
             for at in [0, len / 2, len.saturating_sub(1)] {
@@ -109,6 +165,8 @@ mod tests {
                     values[at] = bad;
                     assert!(!copy_checked(&values, &mut out), "{len} {at} {bad}");
                     assert!(!all_finite(&values));
+                    assert!(!scale_checked(&values, 2.0, &mut out));
+                    assert!(!scale_in_place_checked(&mut values, 2.0));
                     assert_eq!(first_non_finite(&values).map(|(i, _)| i), Some(at));
                 }
             }
@@ -123,6 +181,28 @@ mod tests {
         assert_eq!(describe(f32::NAN), "NaN");
         assert_eq!(describe(f32::INFINITY), "inf");
         assert_eq!(describe(f32::NEG_INFINITY), "-inf");
+    }
+
+    #[test]
+    fn scaling_by_a_power_of_two_has_the_bits_of_a_division() {
+        let sums: Vec<f32> = (0..10_000u32)
+            .map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761) % 0x7f80_0000))
+            .chain([0.0, -0.0, f32::MIN_POSITIVE, 1e-45, f32::MAX, -f32::MAX])
+            .collect();
+        for divisor in [1.0f32, 2.0, 4.0, 8.0, 64.0, 1024.0, 3.0, 5.0, 12.0] {
+            let mut out = vec![0.0; sums.len()];
+            scale(&sums, divisor, &mut out);
+            let mut in_place = sums.clone();
+            scale_in_place(&mut in_place, divisor);
+            for ((sum, out), in_place) in sums.iter().zip(&out).zip(&in_place) {
+                assert_eq!(
+                    out.to_bits(),
+                    (sum / divisor).to_bits(),
+                    "{sum} / {divisor}"
+                );
+                assert_eq!(in_place.to_bits(), out.to_bits(), "{sum} / {divisor}");
+            }
+        }
     }
 
     #[test]

@@ -123,6 +123,18 @@ pub(crate) fn put_host<B: Backend>(
     ))
 }
 
+/// This rank's gradient taken to the host, as `len` f32 values: its own
+/// allocation when it is f32 (on a CPU backend `into_vec` moves the tensor's
+/// buffer: no copy, no page faults), converted when it is another float type,
+/// zeros when this rank has none.
+pub(crate) fn host_f32<B: Backend>(local: Option<Local<B>>, len: usize) -> Vec<f32> {
+    match local {
+        Some(Local::Host(data)) if data.dtype == DType::F32 => data.into_vec().expect("f32 values"),
+        Some(Local::Host(data)) => data.iter::<f32>().collect(),
+        _ => vec![0.0; len],
+    }
+}
+
 /// Copies `data` (any float dtype) into `out` as f32 and says whether every
 /// value is finite, reading the values once.
 pub(crate) fn copy_f32_checked(data: &TensorData, out: &mut [f32]) -> bool {

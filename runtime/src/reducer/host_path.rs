@@ -1,11 +1,15 @@
 //! Buckets for a collective that sums host memory (the thread group, MPI).
 //!
 //! Each gradient was read to the host when it was taken out of burn (no copy
-//! on a CPU backend); packing copies it into a reused f32 bucket, checking it
-//! in the same pass; the sums are checked and scaled in the pass that hands
-//! them back. On a CPU backend this is faster than packing with tensor ops
-//! (NdArray's `reshape` and `cat` copy through generic loops: measured in
-//! BENCHMARKS.md), so host collectives keep it.
+//! on a CPU backend). A collective that sums scattered memory (the thread
+//! group) reduces the gradients where they are: no bucket, no copy; each is
+//! checked in one read before, and scaled in place after, then handed back
+//! in its own buffer. Otherwise (MPI, and compressed wires) packing copies
+//! each gradient into a reused bucket, checking it in the same pass, and the
+//! sums are checked and scaled in the pass that writes them into the
+//! gradients' own buffers. On a CPU backend both are faster than packing
+//! with tensor ops (NdArray's `reshape` and `cat` copy through generic loops:
+//! measured in BENCHMARKS.md), so host collectives keep them.
 
 use std::time::Instant;
 
@@ -32,6 +36,9 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         stats: &mut StepStats,
         out: &mut GradientsParams,
     ) -> Result<(), DdpError> {
+        if self.config.wire == WireFormat::F32 && self.collective.sums_scattered() {
+            return self.reduce_scattered(tag, spans, stats, out);
+        }
         let check = self.config.non_finite != NonFinite::Ignore;
 
         let start = Instant::now();
@@ -66,24 +73,80 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         let start = Instant::now();
         for span in spans {
             let sums = &self.bucket[span.range()];
-            if check && !finite::all_finite(sums) {
+            let divisor = self.divisor(span.slot);
+            // This rank's own gradient buffer takes the result (no
+            // allocation, no page faults); a fresh one where it had none.
+            let mut values = grads::host_f32(self.local[span.slot].take(), sums.len());
+            if !check {
+                finite::scale(sums, divisor, &mut values);
+            } else if !finite::scale_checked(sums, divisor, &mut values) {
                 self.reduced_non_finite(span.slot, sums, stats)?;
             }
-            let divisor = self.divisor(span.slot);
-            let values: Vec<f32> = sums.iter().map(|sum| sum / divisor).collect();
-            let slot = &self.plan.layout().slots()[span.slot];
-            let info = &self.infos[span.slot];
-            grads::put_host::<B::InnerBackend>(
-                out,
-                slot.id,
-                &slot.shape,
-                values,
-                info.dtype,
-                &info.device,
-            );
+            self.register(span.slot, values, out);
         }
         stats.unpack += start.elapsed();
         Ok(())
+    }
+
+    /// [`Self::reduce_on_host`] without a bucket, for a collective that sums
+    /// memory wherever it lies: each gradient is summed in its own buffer
+    /// (zeros where this rank has none), checked before and scaled after in
+    /// place, and registered in `out` without a copy.
+    fn reduce_scattered(
+        &mut self,
+        tag: Tag,
+        spans: &[SlotSpan],
+        stats: &mut StepStats,
+        out: &mut GradientsParams,
+    ) -> Result<(), DdpError> {
+        let check = self.config.non_finite != NonFinite::Ignore;
+
+        let start = Instant::now();
+        let mut buffers = Vec::with_capacity(spans.len());
+        for span in spans {
+            let local = self.local[span.slot].take();
+            let present = local.is_some();
+            let values = grads::host_f32(local, span.len);
+            if check && present && !finite::all_finite(&values) {
+                let (element, value) =
+                    finite::first_non_finite(&values).expect("a non-finite value");
+                self.local_non_finite(span.slot, element, value, stats)?;
+            }
+            buffers.push(values);
+        }
+        stats.pack += start.elapsed();
+
+        let start = Instant::now();
+        let mut parts: Vec<&mut [f32]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
+        self.collective.all_reduce_scattered(tag, &mut parts)?;
+        stats.all_reduce += start.elapsed();
+
+        let start = Instant::now();
+        for (span, mut values) in spans.iter().zip(buffers) {
+            let divisor = self.divisor(span.slot);
+            if !check {
+                finite::scale_in_place(&mut values, divisor);
+            } else if !finite::scale_in_place_checked(&mut values, divisor) {
+                self.reduced_non_finite(span.slot, &values, stats)?;
+            }
+            self.register(span.slot, values, out);
+        }
+        stats.unpack += start.elapsed();
+        Ok(())
+    }
+
+    /// Registers the reduced `values` of `slot` in `out`.
+    fn register(&self, slot: usize, values: Vec<f32>, out: &mut GradientsParams) {
+        let info = &self.infos[slot];
+        let slot = &self.plan.layout().slots()[slot];
+        grads::put_host::<B::InnerBackend>(
+            out,
+            slot.id,
+            &slot.shape,
+            values,
+            info.dtype,
+            &info.device,
+        );
     }
 
     /// All-reduces `values` (holding `spans`) in the configured wire format,
