@@ -14,7 +14,7 @@ pub struct StepStats {
     pub step: u64,
     /// Bytes all-reduced: gradient buckets in the wire format plus usage counts.
     pub bytes_sent: u64,
-    /// Of `bytes_sent`, the usage exchange.
+    /// Of `bytes_sent`, the gradient counts (alone or in the lead bucket).
     pub usage_bytes: u64,
     /// Bytes a dense f32 all-reduce of every trainable parameter would send.
     pub dense_bytes: u64,
@@ -38,7 +38,9 @@ pub struct StepStats {
     pub non_finite_reduced: usize,
     /// Taking gradients out of burn and packing buckets.
     pub pack: Duration,
-    /// The usage exchange.
+    /// The separate exchange of gradient counts: zero when they travel in
+    /// the lead bucket (the reducer's default), whose all-reduce counts in
+    /// `all_reduce`.
     pub exchange: Duration,
     /// Bucket all-reduces (including wire conversion).
     pub all_reduce: Duration,

@@ -263,7 +263,10 @@ fn statistics_count_skipped_parameters_and_bytes() {
     assert_eq!(stats.usage_bytes, 4 * (2 + 2 * EXPERTS + 2) as u64);
     assert_eq!(stats.bytes_sent, 4 * reduced as u64 + stats.usage_bytes);
     assert_eq!(stats.dense_bytes, 4 * trainable as u64);
-    assert_eq!(stats.buckets, 1);
+    // The lead bucket (always-planned slots and the counts), then one of
+    // the used experts.
+    assert_eq!(stats.buckets, 2);
+    assert_eq!(stats.exchange, Duration::ZERO);
     println!("{stats}");
 }
 
@@ -574,14 +577,31 @@ fn the_result_follows_the_real_gradients_for_every_pattern() {
                 }
             }
         }
+        // The gradient counts travel after the lead bucket: the first bucket
+        // of the always-planned slots, packed in slot order up to the cap.
+        // It is fixed before the counts are known, so it also carries (as
+        // zeros) an always-planned slot that no rank has a gradient for.
+        let mut lead_elements = 0;
+        let mut silent_lead_elements = 0;
+        for slot in 0..ALWAYS {
+            let numel = D_IN * COLUMNS[slot];
+            if world == 1 || (lead_elements > 0 && lead_elements + numel > (cap / 4).max(1)) {
+                break;
+            }
+            lead_elements += numel;
+            if acts.iter().all(|a| a[slot] != Act::Grad) {
+                silent_lead_elements += numel;
+            }
+        }
         for (rank, outcome) in outcomes.iter().enumerate() {
             let stats = &outcome.stats;
             let usage_bytes = if world > 1 { 4 * SLOTS as u64 } else { 0 };
             assert_eq!(stats.usage_bytes, usage_bytes, "{context}: rank {rank}");
             assert_eq!(
                 stats.bytes_sent,
-                4 * reduced_elements as u64 + usage_bytes,
-                "{context}: rank {rank}: bytes sent count only slots with a real gradient"
+                4 * (reduced_elements + silent_lead_elements) as u64 + usage_bytes,
+                "{context}: rank {rank}: bytes sent count only slots with a real gradient, and \
+                 the lead bucket"
             );
             assert_eq!(stats.params_reduced, reduced_params, "{context}");
             assert_eq!(stats.params_skipped, SLOTS - reduced_params, "{context}");
@@ -597,9 +617,12 @@ fn the_result_follows_the_real_gradients_for_every_pattern() {
 }
 
 #[test]
-fn a_slot_used_everywhere_without_a_gradient_gets_none_and_costs_nothing() {
+fn a_slot_used_everywhere_without_a_gradient_gets_none() {
     // Two ranks; the always-planned parameter 0 and the conditional
-    // parameter 3 run on both ranks but never reach the loss.
+    // parameter 3 run on both ranks but never reach the loss. Neither gets
+    // a gradient; the conditional one costs no bytes, the always-planned one
+    // travels as zeros in the lead bucket (fixed before the counts are known,
+    // it saves the separate exchange of counts).
     let mut acts = vec![Act::Grad; ALWAYS + CONDITIONAL];
     acts[0] = Act::UsedNoGrad;
     acts[ALWAYS] = Act::UsedNoGrad;
@@ -612,8 +635,8 @@ fn a_slot_used_everywhere_without_a_gradient_gets_none_and_costs_nothing() {
             assert!(outcome.reduced[1].is_some());
             let stats = outcome.stats;
             assert_eq!(stats.params_skipped, 2);
-            let sent: usize = COLUMNS.iter().map(|c| D_IN * c).sum::<usize>()
-                - D_IN * (COLUMNS[0] + COLUMNS[ALWAYS]);
+            let sent: usize =
+                COLUMNS.iter().map(|c| D_IN * c).sum::<usize>() - D_IN * COLUMNS[ALWAYS];
             assert_eq!(stats.bytes_sent, 4 * sent as u64 + stats.usage_bytes);
         }
     }

@@ -44,7 +44,8 @@ pub enum Op {
     Layout,
     /// Set-up: broadcasting rank 0's parameter values.
     Broadcast,
-    /// The per-step exchange of conditional usage counts.
+    /// The per-step exchange of gradient counts: alone, or in the lead bucket
+    /// with the always-used gradients.
     Usage,
     /// The all-reduce of one gradient bucket (index within the step).
     Bucket(u32),

@@ -86,6 +86,44 @@ impl BucketLayout {
     }
 }
 
+/// The first bucket of every step when the gradient counts travel in it:
+/// slots planned always, so the same on every rank and every step whatever
+/// the counts say, packed from the start of the slot order up to the cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LeadBucket {
+    /// Its slots, in slot order.
+    pub spans: Vec<SlotSpan>,
+    /// Total elements (the counts follow them).
+    pub numel: usize,
+    /// Per slot: whether it travels here (and so in no other bucket).
+    member: Vec<bool>,
+}
+
+impl LeadBucket {
+    /// The first bucket [`BucketLayout::build`] makes of the slots for which
+    /// `always` holds.
+    pub fn build(numels: &[usize], always: impl Fn(usize) -> bool, cap_elems: usize) -> Self {
+        let layout = BucketLayout::build(numels, always, cap_elems);
+        let spans = layout
+            .buckets
+            .first()
+            .map_or(&[][..], |bucket| layout.spans(bucket))
+            .to_vec();
+        let mut member = vec![false; numels.len()];
+        spans.iter().for_each(|span| member[span.slot] = true);
+        Self {
+            numel: spans.iter().map(|span| span.len).sum(),
+            spans,
+            member,
+        }
+    }
+
+    /// Whether `slot` travels in this bucket.
+    pub fn holds(&self, slot: usize) -> bool {
+        self.member.get(slot).copied().unwrap_or(false)
+    }
+}
+
 /// Layouts by global mask (one bit per slot), at most `capacity` of them.
 #[derive(Debug)]
 pub(crate) struct BucketCache {
@@ -176,6 +214,22 @@ mod tests {
     fn zero_cap_means_one_slot_per_bucket() {
         let layout = BucketLayout::build(&[1, 1, 1], |_| true, 0);
         assert_eq!(slots_of(&layout), vec![vec![0], vec![1], vec![2]]);
+    }
+
+    #[test]
+    fn the_lead_bucket_is_the_first_bucket_of_the_always_slots() {
+        let numels = [3, 4, 0, 2, 5, 1];
+        let always = |slot: usize| slot != 1;
+        let lead = LeadBucket::build(&numels, always, 6);
+        assert_eq!(
+            lead.spans.iter().map(|span| span.slot).collect::<Vec<_>>(),
+            vec![0, 3]
+        );
+        assert_eq!(lead.numel, 5);
+        assert_eq!(lead.spans[1].offset, 3);
+        assert!(lead.holds(0) && lead.holds(3));
+        assert!(!lead.holds(1) && !lead.holds(2) && !lead.holds(4) && !lead.holds(9));
+        assert_eq!(LeadBucket::build(&numels, |_| false, 6).numel, 0);
     }
 
     #[test]

@@ -28,16 +28,22 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     /// Packs `spans` (`numel` elements) into the host bucket, all-reduces
     /// it with [`Collective::all_reduce_sum`], and registers the scaled
     /// sums in `out`.
+    ///
+    /// With `counts` (the lead bucket), this rank's gradient counts
+    /// (`counts_wire`) travel after the gradients: the summed counts then set
+    /// the step's global usage, and a slot no rank has a gradient for gets
+    /// none.
     pub(super) fn reduce_on_host(
         &mut self,
         tag: Tag,
         spans: &[SlotSpan],
         numel: usize,
+        counts: bool,
         stats: &mut StepStats,
         out: &mut GradientsParams,
     ) -> Result<(), DdpError> {
         if self.config.wire == WireFormat::F32 && self.collective.sums_scattered() {
-            return self.reduce_scattered(tag, spans, stats, out);
+            return self.reduce_scattered(tag, spans, counts, stats, out);
         }
         let check = self.config.non_finite != NonFinite::Ignore;
 
@@ -61,6 +67,9 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
                 self.local_non_finite(span.slot, element, value, stats)?;
             }
         }
+        if counts {
+            self.bucket.extend_from_slice(&self.counts_wire);
+        }
         stats.pack += start.elapsed();
 
         let start = Instant::now();
@@ -68,10 +77,17 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         let result = self.all_reduce_wire(tag, &mut bucket, spans, stats);
         self.bucket = bucket;
         result?;
+        if counts {
+            self.usage.set_counts(&self.bucket[numel..]);
+            self.usage.set_global();
+        }
         stats.all_reduce += start.elapsed();
 
         let start = Instant::now();
         for span in spans {
+            if !self.usage.is_global(span.slot) {
+                continue;
+            }
             let sums = &self.bucket[span.range()];
             let divisor = self.divisor(span.slot);
             // This rank's own gradient buffer takes the result (no
@@ -96,6 +112,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         &mut self,
         tag: Tag,
         spans: &[SlotSpan],
+        counts: bool,
         stats: &mut StepStats,
         out: &mut GradientsParams,
     ) -> Result<(), DdpError> {
@@ -117,12 +134,25 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         stats.pack += start.elapsed();
 
         let start = Instant::now();
+        let mut counts_wire = std::mem::take(&mut self.counts_wire);
         let mut parts: Vec<&mut [f32]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
-        self.collective.all_reduce_scattered(tag, &mut parts)?;
+        if counts {
+            parts.push(&mut counts_wire);
+        }
+        let result = self.collective.all_reduce_scattered(tag, &mut parts);
+        self.counts_wire = counts_wire;
+        result?;
+        if counts {
+            self.usage.set_counts(&self.counts_wire);
+            self.usage.set_global();
+        }
         stats.all_reduce += start.elapsed();
 
         let start = Instant::now();
         for (span, mut values) in spans.iter().zip(buffers) {
+            if !self.usage.is_global(span.slot) {
+                continue;
+            }
             let divisor = self.divisor(span.slot);
             if !check {
                 finite::scale_in_place(&mut values, divisor);

@@ -58,7 +58,7 @@ use crate::plan::{Usage, UsagePlan};
 use crate::recorder::UsageRecord;
 use crate::stats::{StatsSummary, StepStats};
 
-use buckets::{BucketCache, BucketLayout, SlotSpan};
+use buckets::{BucketCache, BucketLayout, LeadBucket, SlotSpan};
 use params::SlotInfo;
 use usage::UsageTracker;
 
@@ -254,6 +254,11 @@ pub struct Reducer<B: AutodiffBackend, C: Collective> {
     buckets: BucketCache,
     /// Per slot: this step's local gradient, taken out of burn.
     local: Vec<Option<grads::Local<B::InnerBackend>>>,
+    /// The first bucket of every step, with the gradient counts after it;
+    /// empty where the counts travel alone (see [`Self::new`]).
+    lead: LeadBucket,
+    /// This rank's gradient counts as f32, for the lead bucket (reused).
+    counts_wire: Vec<f32>,
     /// A host collective's bucket, in f32; reused across buckets and steps.
     bucket: Vec<f32>,
     wire_bf16: Vec<bf16>,
@@ -341,8 +346,32 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         }
 
         let slots = plan.layout().len();
+        let usage = UsageTracker::new(&plan);
+        // The counts travel with the always-used gradients, saving a round
+        // trip per step, where they can: in f32 (exact), to a host collective.
+        let lead = if config.wire == WireFormat::F32
+            && !collective.sums_on_device()
+            && collective.world_size() > 1
+        {
+            let numels: Vec<usize> = plan
+                .layout()
+                .slots()
+                .iter()
+                .map(|slot| slot.numel())
+                .collect();
+            let cap_elems = config.bucket_cap_bytes / config.wire.element_bytes();
+            LeadBucket::build(
+                &numels,
+                |slot| plan.usage()[slot] == Usage::Always && !usage.is_alias(slot),
+                cap_elems,
+            )
+        } else {
+            LeadBucket::default()
+        };
         let reducer = Self {
-            usage: UsageTracker::new(&plan),
+            usage,
+            lead,
+            counts_wire: Vec::new(),
             collective,
             config,
             plan,
@@ -444,19 +473,37 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         self.take_local_grads(&mut grads)?;
         stats.pack += start.elapsed();
 
+        let mut out = grads; // empty now: every known gradient was taken
+
         let start = Instant::now();
         let local = &self.local;
         let counts = self.usage.local_counts(|slot| local[slot].is_some());
         if world > 1 {
             stats.usage_bytes = size_of_val(counts) as u64;
-            self.collective
-                .all_reduce_counts(Tag::new(step, Op::Usage), counts)?;
         }
-        self.usage.set_global();
-        stats.exchange = start.elapsed();
+        if self.lead.numel > 0 {
+            // The usage exchange is the lead bucket's all-reduce.
+            self.counts_wire.clear();
+            self.counts_wire
+                .extend(counts.iter().map(|&count| count as f32));
+            let lead = std::mem::take(&mut self.lead);
+            let tag = Tag::new(step, Op::Usage);
+            let result =
+                self.reduce_on_host(tag, &lead.spans, lead.numel, true, &mut stats, &mut out);
+            stats.buckets += 1;
+            stats.bytes_sent += (lead.numel * size_of::<f32>()) as u64;
+            self.lead = lead;
+            result?;
+        } else {
+            if world > 1 {
+                self.collective
+                    .all_reduce_counts(Tag::new(step, Op::Usage), counts)?;
+            }
+            self.usage.set_global();
+            stats.exchange = start.elapsed();
+        }
 
         let layout = self.bucket_layout();
-        let mut out = grads; // empty now: every known gradient was taken
         for (index, bucket) in layout.buckets.iter().enumerate() {
             let spans = layout.spans(bucket);
             self.op = Op::Bucket(index as u32);
@@ -465,7 +512,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             if self.collective.sums_on_device() {
                 self.reduce_on_device(tag, spans, &mut stats, &mut out)?;
             } else {
-                self.reduce_on_host(tag, spans, bucket.numel, &mut stats, &mut out)?;
+                self.reduce_on_host(tag, spans, bucket.numel, false, &mut stats, &mut out)?;
             }
             stats.buckets += 1;
             stats.bytes_sent += (bucket.numel * self.config.wire.element_bytes()) as u64;
@@ -601,12 +648,16 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     }
 
     fn bucket_layout(&mut self) -> Arc<BucketLayout> {
-        let usage = &self.usage;
+        let (usage, lead) = (&self.usage, &self.lead);
         let slots = self.plan.layout().slots();
         let cap_elems = self.config.bucket_cap_bytes / self.config.wire.element_bytes();
         self.buckets.get_or_build(usage.global_mask(), || {
             let numels: Vec<usize> = slots.iter().map(|slot| slot.numel()).collect();
-            BucketLayout::build(&numels, |slot| usage.is_global(slot), cap_elems)
+            BucketLayout::build(
+                &numels,
+                |slot| usage.is_global(slot) && !lead.holds(slot),
+                cap_elems,
+            )
         })
     }
 

@@ -103,6 +103,14 @@ impl UsageTracker {
         &mut self.counts
     }
 
+    /// Replaces the counts with `summed`, the counts summed over ranks as f32
+    /// (exact: a count never exceeds the world size).
+    pub fn set_counts(&mut self, summed: &[f32]) {
+        for (count, &sum) in self.counts.iter_mut().zip(summed) {
+            *count = sum as u32;
+        }
+    }
+
     /// Derives the global mask and the contributor counts from the counts,
     /// summed over ranks (or this rank's own, in a world of one).
     pub fn set_global(&mut self) {
