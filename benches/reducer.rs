@@ -8,6 +8,7 @@
 //! cargo bench --bench reducer -- --quick   # fewer steps and repetitions
 //! cargo bench --bench reducer -- --only 3  # only the recording benchmark
 //! cargo bench --bench reducer -- --only 4  # only the non-finite checks
+//! cargo bench --bench reducer -- --only 1 --hidden 16   # a small model: latency
 //!
 //! cargo bench --bench reducer --features mpi --no-run   # prints the binary's path
 //! mpirun -np 4 <that path> --quick   # sections 1 and 2, one rank per process
@@ -233,14 +234,26 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "usage: cargo bench --bench reducer [-- [--quick] [--only 1|2|3|4]]\n  \
-             --quick   fewer steps and repetitions\n  \
-             --only N  run only section N (1 and 2 run together)"
+            "usage: cargo bench --bench reducer [-- [--quick] [--only 1|2|3|4] [--hidden N]]\n  \
+             --quick     fewer steps and repetitions\n  \
+             --only N    run only section N (1 and 2 run together)\n  \
+             --hidden N  width of the section 1 and 2 models (default 256; a small one \
+             shows latency)"
         );
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let settings = Settings::new(quick);
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.as_str())
+    };
+    let mut settings = Settings::new(quick);
+    if let Some(hidden) = value_of("--hidden") {
+        settings.hidden = hidden.parse().expect("--hidden takes a positive integer");
+        assert!(settings.hidden > 0, "--hidden takes a positive integer");
+    }
     #[cfg(feature = "mpi")]
     if matches!(
         maskddp::LaunchEnv::from_env(),
@@ -259,11 +272,7 @@ fn main() {
         load_average()
     );
 
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.as_str());
+    let only = value_of("--only");
     if only.is_none_or(|v| v == "1" || v == "2") {
         let results = bench_reducer(&settings);
         bench_bound(&settings, &results, cores);
