@@ -45,7 +45,7 @@ fn reduce_and_poison(
     let rank = collective.rank();
     let tag = Tag::new(op as u64 + 1, Op::Bucket(0));
     let data: Vec<f32> = (0..len).map(|i| value(op, rank, i)).collect();
-    let cuts = if op % 2 == 0 {
+    let cuts = if op.is_multiple_of(2) {
         vec![len]
     } else {
         vec![len / 3, 0, len - len / 3]
