@@ -388,7 +388,8 @@ enum Act {
 
 const ALWAYS: usize = 3;
 const CONDITIONAL: usize = 5;
-/// Columns of each parameter (rows are `D_IN`): uneven slot sizes.
+/// Columns of each parameter, times the pattern's width (rows are `D_IN`):
+/// uneven slot sizes.
 const COLUMNS: [usize; ALWAYS + CONDITIONAL] = [3, 1, 5, 2, 7, 4, 1, 6];
 
 /// Single-tensor parameters, the first `ALWAYS` planned always, the rest
@@ -400,9 +401,13 @@ struct Pattern<B: burn::tensor::backend::Backend> {
 }
 
 impl<B: burn::tensor::backend::Backend> Pattern<B> {
-    fn new(device: &B::Device) -> Self {
+    /// Parameter `i` has `COLUMNS[i] * width` columns: a width of 1 makes
+    /// gradients small enough that the reducer packs them, 512 large enough
+    /// that the thread group sums them where they lie.
+    fn new(width: usize, device: &B::Device) -> Self {
         let mut rng = Rng::new(99);
         let mut param = |columns: usize| {
+            let columns = columns * width;
             let values: Vec<f32> = (0..D_IN * columns).map(|_| rng.signed()).collect();
             burn::module::Param::from_tensor(burn::tensor::Tensor::from_data(
                 burn::tensor::TensorData::new(values, [D_IN, columns]),
@@ -456,6 +461,7 @@ struct PatternOutcome {
 
 fn run_pattern(
     world: usize,
+    width: usize,
     config: ReducerConfig,
     acts: Vec<Vec<Act>>,
     seed: u64,
@@ -466,7 +472,7 @@ fn run_pattern(
         move |rank, collective| {
             let device = Default::default();
             let (model, mut reducer) =
-                Reducer::new(Pattern::<Ad>::new(&device), collective, config).unwrap();
+                Reducer::new(Pattern::<Ad>::new(width, &device), collective, config).unwrap();
             let x = input::<Ad>(seed * 100 + rank as u64, 3, &device);
             let loss = reducer.forward(|| model.forward(x, &acts[rank]));
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -489,6 +495,7 @@ fn the_result_follows_the_real_gradients_for_every_pattern() {
     let mut silent_slots = 0;
     for seed in 0..80 {
         let world = 1 + rng.below(6);
+        let width = rng.pick(&[1, 512]);
         let cap = rng.pick(&[4, 24, 60, 100, 300, 1 << 20]);
         let averaging = rng.pick(&[Averaging::WorldSize, Averaging::Contributors]);
         let grad_chance = rng.pick(&[0.1, 0.35, 0.7]);
@@ -510,8 +517,9 @@ fn the_result_follows_the_real_gradients_for_every_pattern() {
         let config = ReducerConfig::default()
             .with_bucket_cap_bytes(cap)
             .with_averaging(averaging);
-        let outcomes = run_pattern(world, config, acts.clone(), seed);
-        let context = format!("seed {seed} world {world} cap {cap} {averaging:?} {acts:?}");
+        let outcomes = run_pattern(world, width, config, acts.clone(), seed);
+        let context =
+            format!("seed {seed} world {world} width {width} cap {cap} {averaging:?} {acts:?}");
 
         let mut reduced_elements = 0;
         let mut reduced_params = 0;
@@ -540,7 +548,7 @@ fn the_result_follows_the_real_gradients_for_every_pattern() {
                 }
                 continue;
             }
-            let numel = D_IN * COLUMNS[slot];
+            let numel = D_IN * COLUMNS[slot] * width;
             reduced_elements += numel;
             reduced_params += 1;
             let mut sum = vec![0.0f64; numel];
@@ -584,7 +592,7 @@ fn the_result_follows_the_real_gradients_for_every_pattern() {
         let mut lead_elements = 0;
         let mut silent_lead_elements = 0;
         for slot in 0..ALWAYS {
-            let numel = D_IN * COLUMNS[slot];
+            let numel = D_IN * COLUMNS[slot] * width;
             if world == 1 || (lead_elements > 0 && lead_elements + numel > (cap / 4).max(1)) {
                 break;
             }
@@ -605,7 +613,7 @@ fn the_result_follows_the_real_gradients_for_every_pattern() {
             );
             assert_eq!(stats.params_reduced, reduced_params, "{context}");
             assert_eq!(stats.params_skipped, SLOTS - reduced_params, "{context}");
-            let total: usize = COLUMNS.iter().map(|c| D_IN * c).sum();
+            let total: usize = COLUMNS.iter().map(|c| D_IN * c * width).sum();
             assert_eq!(stats.elements_reduced, reduced_elements, "{context}");
             assert_eq!(stats.dense_bytes, 4 * total as u64, "{context}");
         }
@@ -628,7 +636,7 @@ fn a_slot_used_everywhere_without_a_gradient_gets_none() {
     acts[ALWAYS] = Act::UsedNoGrad;
     for averaging in [Averaging::WorldSize, Averaging::Contributors] {
         let config = ReducerConfig::default().with_averaging(averaging);
-        let outcomes = run_pattern(2, config, vec![acts.clone(), acts.clone()], 5);
+        let outcomes = run_pattern(2, 1, config, vec![acts.clone(), acts.clone()], 5);
         for outcome in &outcomes {
             assert!(outcome.reduced[0].is_none());
             assert!(outcome.reduced[ALWAYS].is_none());

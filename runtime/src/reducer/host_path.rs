@@ -2,9 +2,10 @@
 //!
 //! Each gradient was read to the host when it was taken out of burn (no copy
 //! on a CPU backend). A collective that sums scattered memory (the thread
-//! group) reduces the gradients where they are: no bucket, no copy; each is
-//! checked in one read before, and scaled in place after, then handed back
-//! in its own buffer. Otherwise (MPI, and compressed wires) packing copies
+//! group) reduces the gradients where they are, when they are not tiny: no
+//! bucket, no copy; each is checked in one read before, and scaled in place
+//! after, then handed back in its own buffer. Otherwise (MPI, compressed
+//! wires, buckets of small gradients) packing copies
 //! each gradient into a reused bucket, checking it in the same pass, and the
 //! sums are checked and scaled in the pass that writes them into the
 //! gradients' own buffers. On a CPU backend both are faster than packing
@@ -24,6 +25,13 @@ use crate::collective::{Collective, Tag, WireBuf};
 use crate::error::DdpError;
 use crate::stats::StepStats;
 
+/// The least mean number of elements per gradient for which summing the
+/// gradients where they lie beats packing them: each part costs the
+/// collective a fixed amount of bookkeeping, each element packed two copies.
+/// Measured with `cargo bench --bench reducer -- --only 1 --hidden 16`
+/// (parameters of 16 to 256 elements pack faster; see BENCHMARKS.md).
+const SCATTER_MIN_PART: usize = 1024;
+
 impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     /// Packs `spans` (`numel` elements) into the host bucket, all-reduces
     /// it with [`Collective::all_reduce_sum`], and registers the scaled
@@ -42,7 +50,10 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         stats: &mut StepStats,
         out: &mut GradientsParams,
     ) -> Result<(), DdpError> {
-        if self.config.wire == WireFormat::F32 && self.collective.sums_scattered() {
+        if self.config.wire == WireFormat::F32
+            && self.collective.sums_scattered()
+            && numel >= SCATTER_MIN_PART * spans.len()
+        {
             return self.reduce_scattered(tag, spans, counts, stats, out);
         }
         let check = self.config.non_finite != NonFinite::Ignore;
