@@ -24,7 +24,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::optim::GradientsParams;
@@ -39,7 +39,7 @@ use maskddp::{
 #[path = "reducer/mpi.rs"]
 mod mpi;
 
-type Ad = Autodiff<NdArray>;
+type Ad = Autodiff<Flex>;
 
 // ---------------------------------------------------------------------------
 // Models
@@ -519,7 +519,7 @@ fn aggregate(world: usize, variant: Variant, runs: &[RankRun]) -> CaseResult {
 }
 
 fn bench_reducer(settings: &Settings) -> Vec<CaseResult> {
-    let probe = MoeNet::<NdArray>::new(settings.hidden, settings.experts, &Default::default());
+    let probe = MoeNet::<Flex>::new(settings.hidden, settings.experts, &Default::default());
     let plan = probe.usage_plan();
     let slots = plan.layout().slots();
     let numel: usize = slots.iter().map(|s| s.numel()).sum();
@@ -818,8 +818,8 @@ fn bench_recording(settings: &Settings) {
     // Inference backend: the forward alone (recording does not depend on
     // the backend; an autodiff forward without backward would pile up
     // graph state and time that instead).
-    let model = TinyMoe::<NdArray>::new(WIDTH, EXPERTS, &device);
-    let x = Tensor::<NdArray, 2>::ones([1, WIDTH], &device);
+    let model = TinyMoe::<Flex>::new(WIDTH, EXPERTS, &device);
+    let x = Tensor::<Flex, 2>::ones([1, WIDTH], &device);
     // Sanity: in a scope the forward records the expert and the head (2
     // Linear = 4 parameter ids).
     record.record(|| model.forward(x.clone(), 3, true));
@@ -840,11 +840,11 @@ fn bench_recording(settings: &Settings) {
         },
     );
     row(
-        &format!("TinyMoe<NdArray> forward (3 Linear {WIDTH}x{WIDTH}, records 4 ids)"),
+        &format!("TinyMoe<Flex> forward (3 Linear {WIDTH}x{WIDTH}, records 4 ids)"),
         forward,
     );
 
-    // A whole tiny training step on Autodiff<NdArray>: forward (in the scope
+    // A whole tiny training step on Autodiff<Flex>: forward (in the scope
     // or not) + backward + gradient collection.
     let model = TinyMoe::<Ad>::new(WIDTH, EXPERTS, &device);
     let x = Tensor::<Ad, 2>::ones([1, WIDTH], &device);
@@ -864,9 +864,9 @@ fn bench_recording(settings: &Settings) {
             black_box(GradientsParams::from_grads(y.sum().backward(), &model));
         },
     );
-    row("TinyMoe<Autodiff<NdArray>> forward + backward", train);
+    row("TinyMoe<Autodiff<Flex>> forward + backward", train);
 
-    let touch = TouchOnly::<NdArray>::new(WIDTH, EXPERTS, &device);
+    let touch = TouchOnly::<Flex>::new(WIDTH, EXPERTS, &device);
     record.record(|| touch.forward(5));
     assert_eq!(record.ids().len(), 2, "TouchOnly should record 2 ids");
     record.clear();
@@ -1005,7 +1005,7 @@ fn run_check_case(settings: &Settings, world: usize, wire: WireFormat) -> [Vec<C
 
 fn bench_non_finite(settings: &Settings) {
     let world = 2;
-    let dense = DenseMoeNet::<NdArray>::new(settings.hidden, settings.experts, &Default::default());
+    let dense = DenseMoeNet::<Flex>::new(settings.hidden, settings.experts, &Default::default());
     let dense_bytes = dense.usage_plan().layout().numel() * 4;
     drop(dense);
     println!(

@@ -15,7 +15,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::InMemDataset;
@@ -179,7 +179,7 @@ fn teacher(domain: usize) -> Vec<f32> {
         .collect()
 }
 
-type Train = Autodiff<NdArray>;
+type Train = Autodiff<Flex>;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -193,7 +193,7 @@ fn main() -> ExitCode {
     let train = DataLoaderBuilder::<Train, _, _>::new(batcher.clone())
         .batch_size(BATCH)
         .build(InMemDataset::new((0..args.items).collect()));
-    let valid = DataLoaderBuilder::<NdArray, _, _>::new(batcher)
+    let valid = DataLoaderBuilder::<Flex, _, _>::new(batcher)
         .batch_size(BATCH)
         .build(InMemDataset::new(
             (args.items..args.items + args.items / 5).collect(),

@@ -18,7 +18,7 @@
 //! ```
 //! use std::thread;
 //!
-//! use burn::backend::{Autodiff, NdArray};
+//! use burn::backend::{Autodiff, Flex};
 //! use burn::nn::{Linear, LinearConfig};
 //! use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 //! use burn::prelude::*;
@@ -38,7 +38,7 @@
 //!     }
 //! }
 //!
-//! type Train = Autodiff<NdArray>;
+//! type Train = Autodiff<Flex>;
 //!
 //! let ranks: Vec<_> = ThreadGroup::new(2)
 //!     .into_iter()
@@ -150,7 +150,7 @@
 /// }
 ///
 /// let device = Default::default();
-/// let model = Detector::<burn::backend::NdArray> {
+/// let model = Detector::<burn::backend::Flex> {
 ///     cls_head: LinearConfig::new(2, 2).init(&device),
 ///     mask_head: LinearConfig::new(2, 2).init(&device),
 ///     teacher: LinearConfig::new(2, 2).init(&device),

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
@@ -153,7 +153,7 @@ fn launch(dir: &Path, epochs: usize, resume: Option<usize>, stop_at_once: bool) 
     );
     let strategy = DdpStrategy::new(group, config());
     let stats = strategy.stats();
-    let valid = DataLoaderBuilder::<NdArray, _, _>::new(ItemBatcher)
+    let valid = DataLoaderBuilder::<Flex, _, _>::new(ItemBatcher)
         .batch_size(BATCH)
         .build(InMemDataset::new((100..110).collect()));
     let mut training = SupervisedTraining::new(dir, train_loader(), valid)

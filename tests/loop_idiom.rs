@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -15,7 +15,7 @@ use maskddp::{
     record_usage,
 };
 
-type B = Autodiff<NdArray>;
+type B = Autodiff<Flex>;
 const EXPERTS: usize = 4;
 const WIDTH: usize = 8;
 

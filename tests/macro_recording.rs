@@ -3,12 +3,12 @@
 
 use std::collections::BTreeSet;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::prelude::*;
 use maskddp::{DdpModel, Usage, UsagePlan, record_usage};
 
-type B = Autodiff<NdArray>;
+type B = Autodiff<Flex>;
 
 #[ddp_model_attr]
 #[derive(Module, Debug)]

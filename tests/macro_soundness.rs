@@ -25,7 +25,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::GradientsParams;
@@ -33,7 +33,7 @@ use burn::prelude::*;
 use common::check_plan;
 use maskddp::{DdpModel, Usage, record_usage};
 
-type B = Autodiff<NdArray>;
+type B = Autodiff<Flex>;
 const W: usize = 3;
 const N: usize = 4;
 
@@ -72,8 +72,8 @@ fn input() -> Tensor<B, 2> {
 
 fn has_grad(grads: &GradientsParams, id: burn::module::ParamId, dims: usize) -> bool {
     match dims {
-        1 => grads.get::<NdArray, 1>(id).is_some(),
-        2 => grads.get::<NdArray, 2>(id).is_some(),
+        1 => grads.get::<Flex, 1>(id).is_some(),
+        2 => grads.get::<Flex, 2>(id).is_some(),
         d => panic!("{d}-dimensional parameter in a test model"),
     }
 }

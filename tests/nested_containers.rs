@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -14,7 +14,7 @@ use maskddp::{
     record_usage,
 };
 
-type B = Autodiff<NdArray>;
+type B = Autodiff<Flex>;
 
 #[ddp_model]
 #[derive(Module, Debug)]
@@ -142,8 +142,8 @@ fn reducer_returns_no_gradient_for_an_ungated_child_gate() {
         .filter(|slot| {
             let dims = slot.shape.len();
             match dims {
-                1 => grads.get::<NdArray, 1>(slot.id).is_some(),
-                2 => grads.get::<NdArray, 2>(slot.id).is_some(),
+                1 => grads.get::<Flex, 1>(slot.id).is_some(),
+                2 => grads.get::<Flex, 2>(slot.id).is_some(),
                 _ => unreachable!("Linear has 1- and 2-d parameters"),
             }
         })

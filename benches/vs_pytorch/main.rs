@@ -17,23 +17,23 @@
 //! are printed as one JSON line per routing, with rank 0's median reducer
 //! phases from `reducer.last_stats()`.
 //!
-//! One thread per rank: burn's `ndarray` feature builds burn-ndarray without
-//! its `multi-threads` feature (no rayon, single-threaded `matrixmultiply`),
-//! so every tensor op runs on the calling rank's thread. The JSON reports the
-//! process's thread count as a check.
+//! The backend is Flex, the main job's (README, "The main job"). One thread
+//! per rank: the workspace builds burn-flex without its `rayon` feature
+//! (single-threaded `gemm`), so every tensor op runs on the calling rank's
+//! thread. The JSON reports the process's thread count as a check.
 
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use maskddp::{Reducer, ReducerConfig, StepStats, ThreadCollective, ThreadGroup, ddp_model};
 
-type Ad = Autodiff<NdArray>;
+type Ad = Autodiff<Flex>;
 
 const WORLD: usize = 2;
 const WIDTH: usize = 256;

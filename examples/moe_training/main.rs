@@ -31,7 +31,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::nn::loss::{MseLoss, Reduction};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
@@ -46,7 +46,7 @@ use maskddp::{
 use data::Teachers;
 use model::MoeNet;
 
-type Train = Autodiff<NdArray>;
+type Train = Autodiff<Flex>;
 
 /// Train a conditional model data-parallel and check the replicas agree.
 #[derive(Parser, Debug, Clone)]

@@ -74,14 +74,14 @@ impl ParamLayout {
     /// are random per process: paths are what ranks, logs and tests agree on.
     ///
     /// ```
-    /// # use burn::backend::{Autodiff, NdArray};
+    /// # use burn::backend::{Autodiff, Flex};
     /// # use burn::nn::LinearConfig;
     /// # use burn::optim::GradientsParams;
     /// # use burn::prelude::*;
     /// # use maskddp_runtime as maskddp;
     /// use maskddp::ParamLayout;
     ///
-    /// type B = Autodiff<NdArray>;
+    /// type B = Autodiff<Flex>;
     /// let device = Default::default();
     /// let model = LinearConfig::new(3, 2).init::<B>(&device);
     /// let loss = model.forward(Tensor::<B, 2>::ones([1, 3], &device)).sum();

@@ -1,6 +1,6 @@
 //! The reducer's device path (buckets packed, checked, reduced and unpacked
 //! as tensors on the gradients' device, what NCCL gets) run on the CPU: a
-//! collective that says it sums device memory and sums the NdArray bucket
+//! collective that says it sums device memory and sums the Flex bucket
 //! through a thread group. Its results must equal the host path's bit for
 //! bit, and its checks must report alike.
 
@@ -10,7 +10,7 @@ use std::any::Any;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use burn::backend::ndarray::NdArrayTensor;
+use burn::backend::flex::FlexTensor;
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorPrimitive};
 use common::{Ad, Inner, Moe, Route, all_ok, grads_by_slot, input, run_ranks};
@@ -37,9 +37,7 @@ impl Collective for DeviceSim {
         true
     }
     fn all_reduce_device(&mut self, tag: Tag, bucket: &mut dyn Any) -> Result<(), CollectiveError> {
-        let primitive = bucket
-            .downcast_mut::<NdArrayTensor>()
-            .expect("an NdArray bucket");
+        let primitive = bucket.downcast_mut::<FlexTensor>().expect("a Flex bucket");
         let tensor = Tensor::<Inner, 1>::from_primitive(TensorPrimitive::Float(primitive.clone()));
         let mut data = tensor.into_data();
         self.0

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use burn::backend::cuda::CudaDevice;
-use burn::backend::{Autodiff, Cuda, NdArray};
+use burn::backend::{Autodiff, Cuda, Flex};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
@@ -28,7 +28,7 @@ use maskddp_runtime::{
 };
 
 type Gpu = Autodiff<Cuda>;
-type Cpu = Autodiff<NdArray>;
+type Cpu = Autodiff<Flex>;
 
 const EXPERTS: usize = 3;
 

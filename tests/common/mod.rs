@@ -14,7 +14,7 @@ pub use shared::{Rng, all_ok, run_ranks};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::module::ParamId;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::{Linear, LinearConfig};
@@ -24,7 +24,7 @@ use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 use maskddp::{ParamLayout, ParamSlot, Usage, UsagePlan, ddp_model};
 
-pub type Ad = Autodiff<NdArray<f32>>;
+pub type Ad = Autodiff<Flex>;
 
 // ---------------------------------------------------------------------------
 // The model, built with the real macro

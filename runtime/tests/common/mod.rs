@@ -8,7 +8,7 @@ mod shared;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use shared::{RankResult, Rng, all_ok, run_ranks};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::GradientsParams;
@@ -17,8 +17,8 @@ use burn::tensor::{Tensor, TensorData};
 use maskddp_runtime::__private::record_module;
 use maskddp_runtime::{DdpModel, PlanBuilder};
 
-pub type Ad = Autodiff<NdArray<f32>>;
-pub type Inner = NdArray<f32>;
+pub type Ad = Autodiff<Flex>;
+pub type Inner = Flex;
 
 /// Which conditional parts one forward uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 // `#[cfg]`-gated fields: the plan entries carry the same `cfg`.
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use maskddp::{DdpModel, Usage, ddp_model};
@@ -28,7 +28,7 @@ impl<B: Backend> Net<B> {
 
 fn main() {
     let device = Default::default();
-    let model = Net::<NdArray> {
+    let model = Net::<Flex> {
         body: LinearConfig::new(2, 2).init(&device),
         extra: LinearConfig::new(2, 2).init(&device),
     };

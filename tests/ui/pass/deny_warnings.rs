@@ -7,7 +7,7 @@
 )]
 #![deny(clippy::all)]
 
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::prelude::*;
 use maskddp::{DdpModel, ddp_model};
@@ -64,7 +64,7 @@ impl<B: Backend> nested::Inner<B> {
 
 fn main() {
     let device = Default::default();
-    let lin = || LinearConfig::new(2, 2).init::<NdArray>(&device);
+    let lin = || LinearConfig::new(2, 2).init::<Flex>(&device);
     let model = Detector {
         backbone: lin(),
         cls_head: lin(),

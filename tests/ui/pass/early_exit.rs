@@ -1,5 +1,5 @@
 // `?`, early `return` and `let ... else`: uses after a possible exit are conditional.
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use maskddp::{DdpModel, Usage, ddp_model};
@@ -43,7 +43,7 @@ impl<B: Backend> Net<B> {
 
 fn main() {
     let device = Default::default();
-    let lin = || LinearConfig::new(2, 2).init::<NdArray>(&device);
+    let lin = || LinearConfig::new(2, 2).init::<Flex>(&device);
     let model = Net {
         first: lin(),
         after_try: lin(),

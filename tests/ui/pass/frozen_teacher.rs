@@ -1,6 +1,6 @@
 // A `#[ddp(frozen)]` teacher runs in `forward` (distillation) but is never
 // recorded nor reduced; built with `no_grad`, it never has a gradient.
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -26,7 +26,7 @@ impl<B: Backend> Distill<B> {
     }
 }
 
-type B = Autodiff<NdArray>;
+type B = Autodiff<Flex>;
 
 fn main() {
     let device = Default::default();

@@ -1,5 +1,5 @@
 // Extra generics, a where-clause and a generic module field.
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use maskddp::{DdpModel, Usage, ddp_model};
@@ -37,7 +37,7 @@ where
 
 fn main() {
     let device = Default::default();
-    let model: Gated<NdArray, Linear<NdArray>> = Gated {
+    let model: Gated<Flex, Linear<Flex>> = Gated {
         inner: LinearConfig::new(3, 3).init(&device),
         gate: LinearConfig::new(3, 3).init(&device),
     };

@@ -1,5 +1,5 @@
 // The impl block may come before the struct in the module.
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use maskddp::{DdpModel, ddp_model};
@@ -19,7 +19,7 @@ pub struct Late<B: Backend> {
 
 fn main() {
     let device = Default::default();
-    let model = Late::<NdArray> {
+    let model = Late::<Flex> {
         lin: LinearConfig::new(2, 2).init(&device),
     };
     assert!(!model.usage_plan().has_conditional());

@@ -1,5 +1,5 @@
 // Loops, closures and iterator adaptors: bodies may run zero times.
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use maskddp::{DdpModel, Usage, ddp_model, record_usage};
@@ -47,7 +47,7 @@ impl<B: Backend> Net<B> {
 
 fn main() {
     let device = Default::default();
-    let lin = || LinearConfig::new(2, 2).init::<NdArray>(&device);
+    let lin = || LinearConfig::new(2, 2).init::<Flex>(&device);
     let model = Net {
         stem: lin(),
         repeat: lin(),

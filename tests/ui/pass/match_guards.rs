@@ -1,5 +1,5 @@
 // `match` with guards, `if let` chains, `else if`.
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use maskddp::{DdpModel, ddp_model};
@@ -42,7 +42,7 @@ impl<B: Backend> Heads<B> {
 
 fn main() {
     let device = Default::default();
-    let lin = || LinearConfig::new(2, 2).init::<NdArray>(&device);
+    let lin = || LinearConfig::new(2, 2).init::<Flex>(&device);
     let model = Heads {
         cls: lin(),
         seg: lin(),

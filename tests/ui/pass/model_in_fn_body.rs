@@ -1,6 +1,6 @@
 // A model declared inside a function body (as in doctests and unit tests):
 // the impl finds the struct's expansion by name, after it.
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use maskddp::{DdpModel, Usage, ddp_model};
@@ -22,7 +22,7 @@ fn main() {
     }
 
     let device = Default::default();
-    let model = Local::<NdArray> {
+    let model = Local::<Flex> {
         always: LinearConfig::new(2, 2).init(&device),
         sometimes: LinearConfig::new(2, 2).init(&device),
     };

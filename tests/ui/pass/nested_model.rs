@@ -1,5 +1,5 @@
 // A `#[ddp_model]` field composes: its plan and recording are its own.
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use maskddp::{DdpModel, Usage, ddp_model, record_usage};
@@ -40,7 +40,7 @@ impl<B: Backend> Net<B> {
 
 fn main() {
     let device = Default::default();
-    let block = || Block::<NdArray> {
+    let block = || Block::<Flex> {
         main: LinearConfig::new(2, 2).init(&device),
         skip: LinearConfig::new(2, 2).init(&device),
     };

@@ -2,7 +2,7 @@
 // `Ignored<T>`) are not analysed and may go unused.
 #![allow(deprecated)] // burn 0.21 deprecates `Ignored<T>`; still supported here.
 
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::module::Ignored;
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::prelude::*;
@@ -35,7 +35,7 @@ impl<B: Backend> Net<B> {
 
 fn main() {
     let device = Default::default();
-    let model = Net::<NdArray> {
+    let model = Net::<Flex> {
         proj: LinearConfig::new(2, 2).init(&device),
         act: Relu::new(),
         width: 2,

@@ -1,5 +1,5 @@
 // Helper methods, mutual recursion and `Self::method(self, ..)` calls.
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use maskddp::{DdpModel, Usage, ddp_model, record_usage};
@@ -35,7 +35,7 @@ impl<B: Backend> Net<B> {
 
 fn main() {
     let device = Default::default();
-    let lin = || LinearConfig::new(2, 2).init::<NdArray>(&device);
+    let lin = || LinearConfig::new(2, 2).init::<Flex>(&device);
     let model = Net {
         even: lin(),
         odd: lin(),

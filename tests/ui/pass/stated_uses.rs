@@ -1,5 +1,5 @@
 // `#[ddp(uses(...))]` states what an opaque statement uses.
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use maskddp::{DdpModel, ddp_model, record_usage};
@@ -32,7 +32,7 @@ impl<B: Backend> Net<B> {
 
 fn main() {
     let device = Default::default();
-    let lin = || LinearConfig::new(2, 2).init::<NdArray>(&device);
+    let lin = || LinearConfig::new(2, 2).init::<Flex>(&device);
     let model = Net { a: lin(), b: lin() };
     // `a` is stated on both paths: always. `b` only when `both`.
     assert_eq!(model.usage_plan().conditional_slots().count(), 2);

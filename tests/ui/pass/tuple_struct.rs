@@ -1,6 +1,6 @@
 // Tuple structs: burn 0.21's derive does not support them, so `Module` is
 // written by hand here; `#[ddp_model]` handles `self.0` / `self.1`.
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::module::{Devices, ModuleMapper, ModuleVisitor};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
@@ -48,7 +48,7 @@ impl<B: Backend> Pair<B> {
 
 fn main() {
     let device = Default::default();
-    let model = Pair::<NdArray>(
+    let model = Pair::<Flex>(
         LinearConfig::new(2, 2).init(&device),
         LinearConfig::new(2, 2).init(&device),
     );

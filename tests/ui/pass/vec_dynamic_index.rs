@@ -1,5 +1,5 @@
 // `Vec<Module>` fields: dynamic indexing and `get` record only the element used.
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use maskddp::{DdpModel, ddp_model, record_usage};
@@ -28,7 +28,7 @@ impl<B: Backend> Moe<B> {
 
 fn main() {
     let device = Default::default();
-    let lin = || LinearConfig::new(2, 2).init::<NdArray>(&device);
+    let lin = || LinearConfig::new(2, 2).init::<Flex>(&device);
     let model = Moe {
         router: lin(),
         experts: vec![lin(), lin(), lin()],

@@ -1,4 +1,4 @@
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::nn::Linear;
 use burn::prelude::*;
 use maskddp::ddp_model;
@@ -6,12 +6,12 @@ use maskddp::ddp_model;
 #[ddp_model]
 #[derive(Debug)]
 pub struct Net {
-    head: Linear<NdArray>,
+    head: Linear<Flex>,
 }
 
 #[ddp_model]
 impl Net {
-    pub fn forward(&self, x: Tensor<NdArray, 2>) -> Tensor<NdArray, 2> {
+    pub fn forward(&self, x: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
         self.head.forward(x)
     }
 }
