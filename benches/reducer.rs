@@ -1068,8 +1068,9 @@ fn bench_non_finite(settings: &Settings) {
         );
     }
     println!(
-        "(f32: the local check is fused into packing, the reduced sums are checked while \
-         they are scaled; f16 adds a scan of the converted wire buffer for overflow, inside \
+        "(f32: each local gradient is read once to check it before it is summed in place, \
+         the reduced sums are checked while they are scaled; f16 packs, checking while it \
+         copies, and adds a scan of the converted wire buffer for overflow, inside \
          the all-reduce phase)"
     );
 }
