@@ -108,15 +108,7 @@ fn scattered_parts_sum_to_the_bits_of_one_buffer() {
                     collective
                         .all_reduce_sum(Tag::new(1, Op::Bucket(0)), WireBuf::F32(&mut contiguous))
                         .unwrap();
-                    let mut rest = whole.as_slice();
-                    let mut parts: Vec<Vec<f32>> = lengths
-                        .iter()
-                        .map(|&n| {
-                            let (part, tail) = rest.split_at(n);
-                            rest = tail;
-                            part.to_vec()
-                        })
-                        .collect();
+                    let mut parts = cut_into(&whole, &lengths);
                     let mut views: Vec<&mut [f32]> =
                         parts.iter_mut().map(Vec::as_mut_slice).collect();
                     collective

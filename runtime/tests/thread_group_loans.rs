@@ -50,15 +50,7 @@ fn reduce_and_poison(
     } else {
         vec![len / 3, 0, len - len / 3]
     };
-    let mut rest = data.as_slice();
-    let mut parts: Vec<Vec<f32>> = cuts
-        .iter()
-        .map(|&n| {
-            let (part, tail) = rest.split_at(n);
-            rest = tail;
-            part.to_vec()
-        })
-        .collect();
+    let mut parts = cut_into(&data, &cuts);
     let result = match parts.as_mut_slice() {
         [whole] => collective.all_reduce_sum(tag, WireBuf::F32(whole)),
         parts => {

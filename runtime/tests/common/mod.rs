@@ -6,7 +6,7 @@
 
 mod shared;
 #[allow(unused_imports)] // each test binary uses a different part
-pub use shared::{RankResult, Rng, all_ok, run_ranks};
+pub use shared::{RankResult, Rng, all_ok, cut_into, run_ranks};
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleVisitor, Param};

@@ -111,3 +111,19 @@ impl Rng {
         items[self.below(items.len())]
     }
 }
+
+/// `values` cut into separately allocated parts of the given lengths (which
+/// must add up to its length), as a scattered buffer.
+pub fn cut_into(values: &[f32], lengths: &[usize]) -> Vec<Vec<f32>> {
+    let mut rest = values;
+    let parts = lengths
+        .iter()
+        .map(|&n| {
+            let (part, tail) = rest.split_at(n);
+            rest = tail;
+            part.to_vec()
+        })
+        .collect();
+    assert!(rest.is_empty(), "the lengths cover the values");
+    parts
+}
