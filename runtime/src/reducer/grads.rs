@@ -124,9 +124,10 @@ pub(crate) fn put_host<B: Backend>(
 }
 
 /// This rank's gradient taken to the host, as `len` f32 values: its own
-/// allocation when it is f32 (on a CPU backend `into_vec` moves the tensor's
-/// buffer: no copy, no page faults), converted when it is another float type,
-/// zeros when this rank has none.
+/// allocation when it is f32 (`into_vec` moves a buffer allocated for f32,
+/// the usual case on NdArray and Flex: no copy, no page faults; it copies
+/// one allocated otherwise), converted when it is another float type, zeros
+/// when this rank has none.
 pub(crate) fn host_f32<B: Backend>(local: Option<Local<B>>, len: usize) -> Vec<f32> {
     match local {
         Some(Local::Host(data)) if data.dtype == DType::F32 => data.into_vec().expect("f32 values"),
