@@ -81,13 +81,7 @@ impl LaunchEnv {
         let Some((rank, world_size)) = TORCHRUN.rank_and_size(&var)? else {
             return Ok(LaunchEnv::Threads);
         };
-        let master_addr = TORCHRUN.required(&var, "MASTER_ADDR")?;
-        let port = TORCHRUN.required(&var, "MASTER_PORT")?;
-        let master_port = port.trim().parse().map_err(|_| LaunchError::Invalid {
-            variable: "MASTER_PORT",
-            value: port.clone(),
-            expected: "a TCP port number (1 to 65535)".to_owned(),
-        })?;
+        let (master_addr, master_port) = TORCHRUN.master(&var)?;
         Ok(LaunchEnv::Torchrun {
             rank,
             world_size,
@@ -137,6 +131,18 @@ impl Launcher {
             });
         }
         Ok(Some((rank, size)))
+    }
+
+    /// Rank 0's address and port (`MASTER_ADDR`, `MASTER_PORT`).
+    fn master(&self, var: &impl Fn(&str) -> Option<String>) -> Result<(String, u16), LaunchError> {
+        let addr = self.required(var, "MASTER_ADDR")?;
+        let port = self.required(var, "MASTER_PORT")?;
+        let port = port.trim().parse().map_err(|_| LaunchError::Invalid {
+            variable: "MASTER_PORT",
+            value: port.clone(),
+            expected: "a TCP port number (1 to 65535)".to_owned(),
+        })?;
+        Ok((addr, port))
     }
 
     fn required(
@@ -295,13 +301,7 @@ impl NcclEnv {
                 expected: "the GPU number of this process on its node".to_owned(),
             })?,
         };
-        let master_addr = TORCHRUN.required(&var, "MASTER_ADDR")?;
-        let port = TORCHRUN.required(&var, "MASTER_PORT")?;
-        let master_port = port.trim().parse().map_err(|_| LaunchError::Invalid {
-            variable: "MASTER_PORT",
-            value: port.clone(),
-            expected: "a TCP port number (1 to 65535)".to_owned(),
-        })?;
+        let (master_addr, master_port) = TORCHRUN.master(&var)?;
         Ok(Self {
             rank,
             world_size,

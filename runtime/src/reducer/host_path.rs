@@ -89,8 +89,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         self.bucket = bucket;
         result?;
         if counts {
-            self.usage.set_counts(&self.bucket[numel..]);
-            self.usage.set_global();
+            self.usage.set_global_from(&self.bucket[numel..]);
         }
         stats.all_reduce += start.elapsed();
 
@@ -154,8 +153,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         self.counts_wire = counts_wire;
         result?;
         if counts {
-            self.usage.set_counts(&self.counts_wire);
-            self.usage.set_global();
+            self.usage.set_global_from(&self.counts_wire);
         }
         stats.all_reduce += start.elapsed();
 

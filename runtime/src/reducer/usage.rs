@@ -103,12 +103,14 @@ impl UsageTracker {
         &mut self.counts
     }
 
-    /// Replaces the counts with `summed`, the counts summed over ranks as f32
-    /// (exact: a count never exceeds the world size).
-    pub fn set_counts(&mut self, summed: &[f32]) {
+    /// [`Self::set_global`] from `summed`, the counts summed over ranks as
+    /// f32 (exact: a count never exceeds the world size), as the lead bucket
+    /// carries them.
+    pub fn set_global_from(&mut self, summed: &[f32]) {
         for (count, &sum) in self.counts.iter_mut().zip(summed) {
             *count = sum as u32;
         }
+        self.set_global();
     }
 
     /// Derives the global mask and the contributor counts from the counts,
