@@ -333,39 +333,55 @@ fn equivalence_case(c: &mut Checker, seed: u64, wire: WireFormat, tolerance: f32
 }
 
 fn training_replicas(c: &mut Checker) {
+    let rank = c.mpi.rank();
+    let route = |step: usize| Route {
+        experts: vec![(rank + step / 3) % EXPERTS],
+        head: (step + rank).is_multiple_of(3),
+        ..Route::default()
+    };
+    let batch = |step: usize| {
+        let x = input::<Ad>((step * 16 + rank) as u64, 8, &Default::default());
+        let target = x.clone().slice([0..8, 0..2]).repeat_dim(1, 3) * 0.5;
+        (x, target)
+    };
+    // The summed loss over the first five steps' examples: one fixed set, so
+    // the values before and after training compare (a step's own loss swings
+    // with its route and input).
+    let held_loss = |model: &Moe<Ad>| -> f32 {
+        (0..5)
+            .map(|step| {
+                let (x, target) = batch(step);
+                let y = model.forward(x, &route(step));
+                (y - target).powi_scalar(2).mean().into_scalar()
+            })
+            .sum()
+    };
     for wire in [WireFormat::F32, WireFormat::Bf16] {
-        let rank = c.mpi.rank();
         let device = Default::default();
         let config = ReducerConfig::default()
             .with_bucket_cap_bytes(256)
             .with_wire(wire);
-        let (mut model, mut reducer) =
-            Reducer::new(Moe::<Ad>::new(EXPERTS, &device), &mut c.mpi, config).unwrap();
+        // Seeded per rank: reproducible, and the reducer starts every replica
+        // from rank 0's values.
+        let initial = Moe::<Ad>::seeded(EXPERTS, 0x5eed + rank as u64, &device);
+        let (mut model, mut reducer) = Reducer::new(initial, &mut c.mpi, config).unwrap();
+        let before = held_loss(&model);
         let mut optimizer = SgdConfig::new()
             .with_momentum(Some(MomentumConfig::new().with_momentum(0.9)))
             .init::<Ad, Moe<Ad>>();
-        let mut losses = Vec::new();
         for step in 0..30 {
-            let route = Route {
-                experts: vec![(rank + step / 3) % EXPERTS],
-                head: (step + rank).is_multiple_of(3),
-                ..Route::default()
-            };
-            let x = input::<Ad>((step * 16 + rank) as u64, 8, &device);
-            let target = x.clone().slice([0..8, 0..2]).repeat_dim(1, 3) * 0.5;
-            let y = reducer.forward(|| model.forward(x, &route));
+            let (x, target) = batch(step);
+            let y = reducer.forward(|| model.forward(x, &route(step)));
             let loss = (y - target).powi_scalar(2).mean();
-            losses.push(loss.clone().into_scalar());
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             let grads = reducer.reduce(grads).unwrap();
             model = optimizer.step(0.05, model, grads);
         }
         drop(reducer);
-        let first: f32 = losses[..5].iter().sum();
-        let last: f32 = losses[25..].iter().sum();
+        let after = held_loss(&model);
         assert!(
-            last < first,
-            "{wire}: loss did not go down: {first} -> {last}"
+            after < before,
+            "{wire}: rank {rank}'s held loss did not go down: {before} -> {after}"
         );
         let checksum = parameter_checksum::<Ad, _>(&model);
         c.assert_same_everywhere(&checksum.to_le_bytes(), &format!("{wire} replicas"));

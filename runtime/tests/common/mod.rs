@@ -62,6 +62,20 @@ impl<B: Backend> Moe<B> {
         }
     }
 
+    /// Like [`Moe::new`], with initial values drawn from `seed` instead of the
+    /// backend's unseeded generator, so a run that judges learning is
+    /// reproducible.
+    pub fn seeded(experts: usize, seed: u64, device: &B::Device) -> Self {
+        let mut rng = Rng::new(seed);
+        let mut linear = |d_in| seeded_linear(&mut rng, d_in, D_HIDDEN, device);
+        Self {
+            router: linear(D_IN),
+            experts: (0..experts).map(|_| linear(D_HIDDEN)).collect(),
+            head: linear(D_HIDDEN),
+            frozen: linear(D_HIDDEN),
+        }
+    }
+
     /// What `#[ddp_model]` would instrument: each conditional use records
     /// the module it touches.
     pub fn forward(&self, x: Tensor<B, 2>, route: &Route) -> Tensor<B, 2> {
@@ -81,6 +95,29 @@ impl<B: Backend> Moe<B> {
             y = self.frozen.forward(y);
         }
         y
+    }
+}
+
+/// A linear layer drawn as burn draws one, `U(-k, k)` with `k = 1/sqrt(d_in)`,
+/// from `rng`.
+fn seeded_linear<B: Backend>(
+    rng: &mut Rng,
+    d_in: usize,
+    d_out: usize,
+    device: &B::Device,
+) -> Linear<B> {
+    let k = 1.0 / (d_in as f32).sqrt();
+    let mut draw =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| (rng.unit() * 2.0 - 1.0) * k).collect() };
+    Linear {
+        weight: Param::from_tensor(Tensor::from_data(
+            TensorData::new(draw(d_in * d_out), [d_in, d_out]),
+            device,
+        )),
+        bias: Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(draw(d_out), [d_out]),
+            device,
+        ))),
     }
 }
 
