@@ -1,13 +1,15 @@
-//! The thread group reduces straight out of the ranks' own buffers, so a
-//! rank must not release its buffer while another still reads it — on the
-//! way out of a healthy operation, and when a rank gives up mid-operation.
+//! The thread group reduces straight out of the ranks' own buffers and
+//! writes the sums straight into them, so a rank must not release its buffer
+//! while another still reads or writes it — on the way out of a healthy
+//! operation, and when a rank gives up mid-operation.
 //! Miri and loom do not run on this toolchain; these stress tests make the
 //! races happen many times instead:
 //!
 //! - After every operation each rank overwrites its buffer (contiguous, or
-//!   scattered over parts) with NaN at once and frees it. A rank that left while a slower peer still copied its
-//!   sums out would hand that peer NaN: every successful result is checked
-//!   against the exact sum.
+//!   scattered over parts) with NaN at once and frees it. A rank that left
+//!   while a slower peer still read its buffer would hand that peer NaN, and
+//!   one that left before a peer wrote its share of the sums would see the
+//!   wrong values: every successful result is checked against the exact sum.
 //! - Failures are injected mid-operation (a timeout of a few microseconds
 //!   against buffers that take milliseconds to sum, ranks that abort or
 //!   leave, ranks that disagree about the element type) in random places:

@@ -1,24 +1,25 @@
 //! Ranks as threads of one process, reducing through shared memory.
 //!
 //! An all-reduce runs straight out of the ranks' own buffers, with no
-//! staging copy: a reduce-scatter, then an all-gather, both in place.
+//! staging copy and in one pass: every rank sums its share of the buffer and
+//! writes the sums into every rank's buffer.
 //!
 //! 1. Every rank *lends* its buffer to the group (a table of its parts'
 //!    addresses and lengths, and their element type), then meets the others
 //!    (rendezvous). A buffer may be scattered over several parts (the
 //!    reducer's gradients, each where burn left it): it is read as their
 //!    concatenation, and every rank's parts must have the same lengths.
-//! 2. Rank `r` sums chunk `r` of every rank's buffer, in rank order, and
-//!    writes the sum into chunk `r` of its own buffer. Nobody else writes
-//!    there, and nobody else reads chunk `r` of any buffer in this phase.
-//! 3. Rendezvous.
-//! 4. Rank `r` copies chunk `q` of rank `q`'s buffer (now the sum) into its
-//!    own, for every `q ≠ r`.
-//! 5. Rank `r` takes its buffer back: it waits until no rank is still
-//!    reading it, then returns.
+//! 2. Rank `r` sums chunk `r` of every rank's buffer, in rank order, a block
+//!    at a time, and writes each block of sums into chunk `r` of every
+//!    rank's buffer. Nobody else reads or writes chunk `r` of any buffer.
+//! 3. Rank `r` gives the borrowed buffers back and meets the others again:
+//!    after that every buffer holds the whole sum, and nobody touches another
+//!    rank's buffer any more.
 //!
-//! Each rank reads every element once and writes it once, the least an
-//! all-reduce can do. Summing in rank order on whichever rank owns a chunk
+//! Across the group every element is read once per rank and written once per
+//! rank: `w` memcpys of the buffer, the least an all-reduce in shared memory
+//! can move (a reduce-scatter followed by an all-gather moves `2w - 1` reads
+//! and `w` writes). Summing in rank order on whichever rank owns a chunk
 //! makes the result the same bits everywhere; compressed elements are summed
 //! in f32 and rounded once.
 //!
@@ -399,43 +400,25 @@ impl ThreadCollective {
         let result = (|| {
             let _lent = self.shared.lend::<T>(rank, &table, len);
             self.rendezvous(view.clone())?;
-            let _borrowed = self
+            let borrowed = self
                 .shared
                 .borrow(rank, tag, &table, T::NAME, None, &mut peers)?;
             // SAFETY: every table in `peers` is lent, with parts of `T` as
-            // long as this rank's, alive while borrowed; in this phase this
-            // rank alone reads chunk `rank` of them and writes it in its own.
+            // long as this rank's, alive while borrowed; this rank alone
+            // reads and writes chunk `rank` of them until the rendezvous.
             unsafe {
                 for_each_piece(
                     &peers,
                     &table,
                     chunk(len, world, rank),
                     &mut piece,
-                    |addrs, own, range| sum_chunk::<T>(addrs, own as *mut T, range),
+                    |addrs, range| reduce_chunk::<T>(addrs, range),
                 )
             };
-            self.rendezvous(view)?;
-            for owner in (0..world).filter(|&owner| owner != rank) {
-                // SAFETY: as above; chunk `owner` of the owner's buffer holds
-                // its final sum, which nobody writes any more, and chunk
-                // `owner` of this rank's buffer is written by this rank alone.
-                unsafe {
-                    for_each_piece(
-                        &peers,
-                        &table,
-                        chunk(len, world, owner),
-                        &mut piece,
-                        |addrs, own, range| {
-                            std::ptr::copy_nonoverlapping(
-                                (addrs[owner] as *const T).add(range.start),
-                                (own as *mut T).add(range.start),
-                                range.len(),
-                            )
-                        },
-                    )
-                };
-            }
-            Ok(())
+            // Given back before the rendezvous: once every rank has met
+            // there, no loan is borrowed and every owner leaves at once.
+            drop(borrowed);
+            self.rendezvous(view)
         })();
         self.parts = table;
         self.peers = peers;
@@ -578,8 +561,7 @@ impl Drop for Borrowed<'_> {
 
 /// Splits `range` of a buffer into its pieces within single parts, and calls
 /// `visit` for each with the addresses of that part by rank (0 where
-/// `tables` has none), the address of this rank's part, and the range within
-/// the part.
+/// `tables` has none) and the range within the part.
 ///
 /// # Safety
 /// Every non-zero address in `tables` must be a live table of parts as long
@@ -589,10 +571,10 @@ unsafe fn for_each_piece(
     own: &[Part],
     range: Range<usize>,
     piece: &mut Vec<usize>,
-    mut visit: impl FnMut(&[usize], usize, Range<usize>),
+    mut visit: impl FnMut(&[usize], Range<usize>),
 ) {
     let mut start = 0;
-    for (index, &(own_addr, len)) in own.iter().enumerate() {
+    for (index, &(_, len)) in own.iter().enumerate() {
         if start >= range.end {
             break;
         }
@@ -606,7 +588,6 @@ unsafe fn for_each_piece(
             }));
             visit(
                 piece,
-                own_addr,
                 range.start.max(start) - start..range.end.min(end) - start,
             );
         }
@@ -615,20 +596,22 @@ unsafe fn for_each_piece(
 }
 
 /// Sums chunk `range` of the buffers at `peers` (by rank) in rank order, in
-/// `T::Acc`, and writes the rounded sums to the same chunk of `own`.
+/// `T::Acc`, and writes the rounded sums to the same chunk of every one of
+/// them, a block at a time.
 ///
 /// # Safety
 /// Every address in `peers` must point to a live buffer of at least
-/// `range.end` elements of `T`, whose `range` no one else writes meanwhile;
-/// `own` must be one of them, whose `range` no one else reads meanwhile.
-unsafe fn sum_chunk<T: Element>(peers: &[usize], own: *mut T, range: Range<usize>) {
+/// `range.end` elements of `T`, whose `range` no one else reads or writes
+/// meanwhile.
+unsafe fn reduce_chunk<T: Element>(peers: &[usize], range: Range<usize>) {
     let mut sums = [T::ACC; BLOCK];
+    let mut block = [T::narrow(T::ACC); BLOCK];
     let mut start = range.start;
     while start < range.end {
         let n = BLOCK.min(range.end - start);
         let sums = &mut sums[..n];
         for (owner, &addr) in peers.iter().enumerate() {
-            // SAFETY: by the contract; the slice ends before `own` is written.
+            // SAFETY: by the contract; the slice ends before any is written.
             let part = unsafe { std::slice::from_raw_parts((addr as *const T).add(start), n) };
             if owner == 0 {
                 for (sum, x) in sums.iter_mut().zip(part) {
@@ -640,10 +623,15 @@ unsafe fn sum_chunk<T: Element>(peers: &[usize], own: *mut T, range: Range<usize
                 }
             }
         }
-        // SAFETY: by the contract; no other slice of this range is alive.
-        let out = unsafe { std::slice::from_raw_parts_mut(own.add(start), n) };
-        for (out, sum) in out.iter_mut().zip(sums.iter()) {
+        let block = &mut block[..n];
+        for (out, sum) in block.iter_mut().zip(sums.iter()) {
             *out = T::narrow(*sum);
+        }
+        for &addr in peers {
+            // SAFETY: by the contract; no other slice of this range is alive.
+            unsafe {
+                std::ptr::copy_nonoverlapping(block.as_ptr(), (addr as *mut T).add(start), n)
+            };
         }
         start += n;
     }
