@@ -5,6 +5,7 @@
 
 pub mod collective;
 mod error;
+mod finite;
 mod launch;
 mod layout;
 mod model;
@@ -19,7 +20,8 @@ pub mod train;
 pub mod __private;
 
 pub use collective::{
-    Collective, CollectiveError, Op, Tag, ThreadCollective, ThreadGroup, ThreadGroupConfig, WireBuf,
+    Collective, CollectiveError, Op, ScatteredPart, Tag, ThreadCollective, ThreadGroup,
+    ThreadGroupConfig, WireBuf,
 };
 #[cfg(feature = "mpi")]
 pub use collective::{MpiCollective, MpiConfig, MpiInitError};

@@ -375,13 +375,24 @@ fn run_altered(
     steps: u64,
     alter: Alter,
 ) -> Vec<RankResult<Result<Vec<StepStats>, DdpError>>> {
+    run_altered_wide(world, config, steps, D_HIDDEN, alter)
+}
+
+/// [`run_altered`] on a model of hidden width `hidden`.
+fn run_altered_wide(
+    world: usize,
+    config: ReducerConfig,
+    steps: u64,
+    hidden: usize,
+    alter: Alter,
+) -> Vec<RankResult<Result<Vec<StepStats>, DdpError>>> {
     let start = Instant::now();
     let results = run_ranks(
         group(world, Duration::from_secs(30)),
         LIMIT,
         move |rank, collective| {
             let device = Default::default();
-            let model = Moe::<Ad>::new(EXPERTS, &device);
+            let model = Moe::<Ad>::with_hidden(EXPERTS, hidden, &device);
             let (model, mut reducer) = Reducer::new(model, collective, config)?;
             let mut stats = Vec::new();
             for s in 1..=steps {
@@ -602,6 +613,49 @@ fn a_non_finite_gradient_is_counted_under_warn_and_passes_under_ignore() {
     for result in run_altered(3, config, 4, two_nans) {
         for stats in stats_of(&result) {
             assert_eq!((stats.non_finite_local, stats.non_finite_reduced), (0, 0));
+        }
+    }
+}
+
+/// The same reports where the thread group sums gradients where they lie
+/// and finishes the sums itself (gradients of thousands of elements; the
+/// small model above packs them): a NaN counted under `Warn`, an overflowing
+/// f32 sum an error on every rank, under both averagings.
+#[test]
+fn non_finite_gradients_summed_where_they_lie_are_reported_alike() {
+    // Hidden width 64: expert weights of 4096 elements.
+    const WIDE: usize = 64;
+    for averaging in [Averaging::WorldSize, Averaging::Contributors] {
+        let config = ReducerConfig::default()
+            .with_averaging(averaging)
+            .with_non_finite(NonFinite::Warn);
+        for (rank, result) in run_altered_wide(3, config, 4, WIDE, two_nans)
+            .iter()
+            .enumerate()
+        {
+            for (index, stats) in stats_of(result).iter().enumerate() {
+                let step = index as u64 + 1;
+                let local = if rank == 2 && step == 3 { 2 } else { 0 };
+                let reduced = if step == 3 { 2 } else { 0 };
+                let context = format!("{averaging}: rank {rank} step {step}");
+                assert_eq!(stats.non_finite_local, local, "{context}");
+                assert_eq!(stats.non_finite_reduced, reduced, "{context}");
+            }
+        }
+
+        let config = ReducerConfig::default().with_averaging(averaging);
+        let results = run_altered_wide(3, config, 2, WIDE, |_, step, model, grads| {
+            if step == 2 {
+                poke(grads, &model.experts[0].weight, 3000, 3e38);
+            }
+        });
+        for result in &results {
+            let err = error_of(result);
+            assert!(
+                matches!(&err, DdpError::SumOverflow { step: 2, path, element: 3000, .. }
+                    if path == "experts.0.weight"),
+                "{averaging}: {err}"
+            );
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use half::{bf16, f16};
 use maskddp_runtime::{
-    Collective, CollectiveError, Op, Tag, ThreadGroup, ThreadGroupConfig, WireBuf,
+    Collective, CollectiveError, Op, ScatteredPart, Tag, ThreadGroup, ThreadGroupConfig, WireBuf,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -91,37 +91,89 @@ fn cut(rng: &mut Rng, len: usize) -> Vec<usize> {
     lengths
 }
 
+/// Scattered parts sum to the bits of one contiguous buffer, each part
+/// divided by its divisor (1 leaves it, a power of two multiplies by the
+/// exact inverse, others divide: all must give the bits of `sum / divisor`),
+/// and every rank gets the same flag per part: set exactly when a finished
+/// value of the part is not finite (a NaN or an infinity on one rank, or a
+/// sum that overflows).
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|x| x.to_bits()).collect()
+}
+
 #[test]
-fn scattered_parts_sum_to_the_bits_of_one_buffer() {
+fn scattered_parts_sum_to_the_bits_of_one_buffer_divided_and_flagged() {
     for world in [1, 2, 3, 4, 7] {
-        for len in [0usize, 1, 5, 64, 1000] {
+        for len in [0usize, 1, 5, 64, 1000, 5000] {
             // Every rank cuts its buffer the same way (a shared seed).
             let lengths = cut(&mut Rng::new(len as u64 + 11), len);
+            let divisors: Vec<f32> = (0..lengths.len())
+                .map(|part| [1.0, 2.0, 3.0, world as f32, 0.1, 8.0][part % 6])
+                .collect();
+            // One rank holds one non-finite value, NaN or infinity by length.
+            let poisoned = (len > 1).then_some((len / 3, len % world));
+            let poison = if len % 2 == 0 {
+                f32::NAN
+            } else {
+                f32::NEG_INFINITY
+            };
+            let (divs, cuts) = (divisors.clone(), lengths.clone());
             let results = all_ok(run_ranks(
                 ThreadGroup::new(world),
                 LIMIT,
                 move |rank, mut collective| {
                     assert!(collective.sums_scattered());
                     let mut rng = Rng::new(rank as u64);
-                    let whole: Vec<f32> = (0..len).map(|_| rng.unit() * 1e3 - 5e2).collect();
+                    let mut whole: Vec<f32> = (0..len).map(|_| rng.unit() * 1e3 - 5e2).collect();
+                    if let Some((element, at)) = poisoned
+                        && at == rank
+                    {
+                        whole[element] = poison;
+                    }
+                    // The last element overflows once two ranks add it.
+                    if len >= 64 {
+                        whole[len - 1] = 3e38;
+                    }
                     let mut contiguous = whole.clone();
                     collective
                         .all_reduce_sum(Tag::new(1, Op::Bucket(0)), WireBuf::F32(&mut contiguous))
                         .unwrap();
-                    let mut parts = cut_into(&whole, &lengths);
-                    let mut views: Vec<&mut [f32]> =
-                        parts.iter_mut().map(Vec::as_mut_slice).collect();
+                    let mut parts = cut_into(&whole, &cuts);
+                    let mut views: Vec<ScatteredPart<'_>> = parts
+                        .iter_mut()
+                        .zip(&divs)
+                        .map(|(part, &divisor)| ScatteredPart::new(part, divisor))
+                        .collect();
                     collective
                         .all_reduce_scattered(Tag::new(1, Op::Bucket(1)), &mut views)
                         .unwrap();
-                    let scattered: Vec<u32> = parts.concat().iter().map(|x| x.to_bits()).collect();
-                    let contiguous: Vec<u32> = contiguous.iter().map(|x| x.to_bits()).collect();
-                    (contiguous, scattered)
+                    let flags: Vec<bool> = views.iter().map(|part| part.non_finite).collect();
+                    drop(views);
+                    (contiguous, bits(&parts.concat()), flags)
                 },
             ));
-            for (contiguous, scattered) in &results {
-                assert_eq!(scattered, contiguous, "world {world}, length {len}");
-                assert_eq!(contiguous, &results[0].0, "world {world}, length {len}");
+            let sums = &results[0].0;
+            let (mut expected, mut expected_flags, mut start) = (Vec::new(), Vec::new(), 0);
+            for (&part_len, &divisor) in lengths.iter().zip(&divisors) {
+                let finished: Vec<f32> = sums[start..start + part_len]
+                    .iter()
+                    .map(|&sum| if divisor == 1.0 { sum } else { sum / divisor })
+                    .collect();
+                expected_flags.push(finished.iter().any(|x| !x.is_finite()));
+                expected.extend(bits(&finished));
+                start += part_len;
+            }
+            let context = format!("world {world}, length {len}");
+            if len >= 64 && world > 1 {
+                assert!(
+                    expected_flags.iter().any(|&flag| flag),
+                    "{context}: not vacuous"
+                );
+            }
+            for (contiguous, scattered, flags) in &results {
+                assert_eq!(bits(contiguous), bits(sums), "{context}");
+                assert_eq!(scattered, &expected, "{context}");
+                assert_eq!(flags, &expected_flags, "{context}");
             }
         }
     }
@@ -133,7 +185,10 @@ fn scattered_parts_of_different_lengths_are_an_error_on_every_rank() {
         // The same total length, cut differently on rank 2.
         let lengths: &[usize] = if rank == 2 { &[3, 5] } else { &[4, 4] };
         let mut parts: Vec<Vec<f32>> = lengths.iter().map(|&n| vec![1.0; n]).collect();
-        let mut views: Vec<&mut [f32]> = parts.iter_mut().map(Vec::as_mut_slice).collect();
+        let mut views: Vec<ScatteredPart<'_>> = parts
+            .iter_mut()
+            .map(|part| ScatteredPart::new(part, 1.0))
+            .collect();
         collective.all_reduce_scattered(Tag::new(2, Op::Bucket(0)), &mut views)
     });
     for result in all_ok(results) {

@@ -23,7 +23,8 @@ use std::time::Duration;
 use common::*;
 use half::bf16;
 use maskddp_runtime::{
-    Collective, CollectiveError, Op, Tag, ThreadCollective, ThreadGroup, ThreadGroupConfig, WireBuf,
+    Collective, CollectiveError, Op, ScatteredPart, Tag, ThreadCollective, ThreadGroup,
+    ThreadGroupConfig, WireBuf,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -56,7 +57,10 @@ fn reduce_and_poison(
     let result = match parts.as_mut_slice() {
         [whole] => collective.all_reduce_sum(tag, WireBuf::F32(whole)),
         parts => {
-            let mut views: Vec<&mut [f32]> = parts.iter_mut().map(Vec::as_mut_slice).collect();
+            let mut views: Vec<ScatteredPart<'_>> = parts
+                .iter_mut()
+                .map(|part| ScatteredPart::new(part, 1.0))
+                .collect();
             collective.all_reduce_scattered(tag, &mut views)
         }
     };

@@ -10,7 +10,8 @@
 //! one host buffer and calls [`Collective::all_reduce_sum`]. One that can
 //! sum memory in several places (the thread group) says so with
 //! [`Collective::sums_scattered`] and gets the gradients themselves, unpacked,
-//! [`Collective::all_reduce_scattered`]. A device collective
+//! in [`Collective::all_reduce_scattered`], with the divisor of each, so it
+//! writes back averages and flags non-finite ones. A device collective
 //! (NCCL) says so with [`Collective::sums_on_device`] and sums the bucket
 //! where it lives, [`Collective::all_reduce_device`]: no gradient leaves the
 //! device.
@@ -94,6 +95,33 @@ impl fmt::Display for Tag {
     }
 }
 
+/// One part of a buffer summed where it lies
+/// ([`Collective::all_reduce_scattered`]): this rank's values in, the
+/// finished sums out.
+#[derive(Debug)]
+pub struct ScatteredPart<'a> {
+    /// This rank's contribution; the finished sums after the call.
+    pub values: &'a mut [f32],
+    /// Every sum is divided by it before it is written back (1 leaves the
+    /// sums as they are). Dividing by a power of two multiplies by its exact
+    /// inverse, which gives the same bits.
+    pub divisor: f32,
+    /// Set by the call when some finished value of the part is not finite
+    /// (a non-finite value on some rank, or a sum that overflowed).
+    pub non_finite: bool,
+}
+
+impl<'a> ScatteredPart<'a> {
+    /// A part whose sums are divided by `divisor`.
+    pub fn new(values: &'a mut [f32], divisor: f32) -> Self {
+        Self {
+            values,
+            divisor,
+            non_finite: false,
+        }
+    }
+}
+
 /// A bucket in its wire format, for [`Collective::all_reduce_sum`].
 ///
 /// The element type is what travels between ranks: compressed buckets cost two
@@ -158,13 +186,14 @@ pub trait Collective: Send {
     }
 
     /// Sums the buffer made of `parts` (their concatenation) element-wise
-    /// over all ranks, in place; every rank passes parts of the same lengths
-    /// and ends with the same bits. Called only when
+    /// over all ranks, in place, and finishes each sum as its part says
+    /// (divided, checked); every rank passes parts of the same lengths and
+    /// divisors and ends with the same bits and flags. Called only when
     /// [`Self::sums_scattered`] says so; the default reports that it does not.
     fn all_reduce_scattered(
         &mut self,
         tag: Tag,
-        parts: &mut [&mut [f32]],
+        parts: &mut [ScatteredPart<'_>],
     ) -> Result<(), CollectiveError> {
         let _ = parts;
         Err(CollectiveError::Invalid {
@@ -243,7 +272,7 @@ macro_rules! forward_collective {
             fn sums_scattered(&self) -> bool {
                 (**self).sums_scattered()
             }
-            fn all_reduce_scattered(&mut self, tag: Tag, parts: &mut [&mut [f32]]) -> Result<(), CollectiveError> {
+            fn all_reduce_scattered(&mut self, tag: Tag, parts: &mut [ScatteredPart<'_>]) -> Result<(), CollectiveError> {
                 (**self).all_reduce_scattered(tag, parts)
             }
             fn sums_on_device(&self) -> bool {

@@ -41,13 +41,14 @@
 //! sleep and wake-up.
 
 use std::ops::{AddAssign, Range};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use half::{bf16, f16};
 
-use super::{CallView, Collective, CollectiveError, Tag, WireBuf};
+use super::{CallView, Collective, CollectiveError, ScatteredPart, Tag, WireBuf};
+use crate::finite;
 
 /// Settings of a [`ThreadGroup`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +121,7 @@ impl ThreadGroup {
                 shared: Arc::clone(&shared),
                 peers: Vec::with_capacity(world_size),
                 parts: Vec::new(),
+                flags: Vec::new(),
                 piece: Vec::with_capacity(world_size),
             })
             .collect()
@@ -136,15 +138,42 @@ pub struct ThreadCollective {
     shared: Arc<Shared>,
     /// The lent part tables' addresses by rank, during an operation (reused).
     peers: Vec<usize>,
-    /// This rank's part table, `(address, length)` per part, during an
-    /// operation (reused).
+    /// This rank's part table during an operation (reused).
     parts: Vec<Part>,
-    /// Scratch for one part's addresses by rank (reused).
-    piece: Vec<usize>,
+    /// This rank's flag per part, set by whichever rank finds a non-finite
+    /// finished value in it (reused).
+    flags: Vec<AtomicBool>,
+    /// Scratch for one part of every rank's table (reused).
+    piece: Vec<Part>,
 }
 
-/// A part of a lent buffer: the address of its first element and its length.
-type Part = (usize, usize);
+/// A part of a lent buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Part {
+    /// Address of the first element (0 where a rank lent nothing).
+    addr: usize,
+    len: usize,
+    /// What the sums are divided by before they are written back.
+    divisor: f32,
+    /// Address of the lender's [`AtomicBool`] for this part, set when a
+    /// finished value is not finite; 0 when the sums are not to be checked
+    /// (and then `divisor` is 1).
+    flag: usize,
+}
+
+impl Part {
+    const NONE: Part = Part::plain(0, 0);
+
+    /// A part whose sums are written back as they are.
+    const fn plain(addr: usize, len: usize) -> Self {
+        Part {
+            addr,
+            len,
+            divisor: 1.0,
+            flag: 0,
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Shared {
@@ -201,10 +230,20 @@ trait Element: Copy + 'static {
     const NAME: &'static str;
     fn widen(self) -> Self::Acc;
     fn narrow(sum: Self::Acc) -> Self;
+    /// Writes a block of `sums` to `out`, rounded; with `check`, divided by
+    /// `divisor` and saying whether every value is finite. Only summed
+    /// gradients in f32 are checked ([`ScatteredPart`]).
+    fn finish(sums: &[Self::Acc], out: &mut [Self], divisor: f32, check: bool) -> bool {
+        debug_assert!(!check && divisor == 1.0);
+        for (out, &sum) in out.iter_mut().zip(sums) {
+            *out = Self::narrow(sum);
+        }
+        true
+    }
 }
 
 macro_rules! element {
-    ($ty:ty, $acc:ty, $name:literal, $widen:expr, $narrow:expr) => {
+    ($ty:ty, $acc:ty, $name:literal, $widen:expr, $narrow:expr $(, $finish:expr)?) => {
         impl Element for $ty {
             type Acc = $acc;
             const ACC: $acc = 0 as $acc;
@@ -217,11 +256,29 @@ macro_rules! element {
             fn narrow(sum: $acc) -> Self {
                 $narrow(sum)
             }
+            $(
+                fn finish(sums: &[$acc], out: &mut [Self], divisor: f32, check: bool) -> bool {
+                    $finish(sums, out, divisor, check)
+                }
+            )?
         }
     };
 }
 
-element!(f32, f32, "f32", |x| x, |x| x);
+element!(
+    f32,
+    f32,
+    "f32",
+    |x| x,
+    |x| x,
+    |sums: &[f32], out: &mut [f32], divisor: f32, check: bool| {
+        if !check {
+            out.copy_from_slice(sums);
+            return true;
+        }
+        finite::scale_checked(sums, divisor, out)
+    }
+);
 element!(u32, u32, "u32", |x| x, |x| x);
 element!(bf16, f32, "bf16", bf16::to_f32, bf16::from_f32);
 element!(f16, f32, "f16", f16::to_f32, f16::from_f32);
@@ -377,23 +434,21 @@ impl ThreadCollective {
         }
     }
 
-    /// All-reduce in place of the buffer made of `parts`, straight out of
-    /// every rank's buffer (see the module docs).
+    /// All-reduce in place of the buffer whose parts `fill` writes into this
+    /// rank's (cleared) table, straight out of every rank's buffer (see the
+    /// module docs). A part with a flag gets it set in `self.flags` when a
+    /// finished value is not finite.
     fn all_reduce_in_place<T: Element>(
         &mut self,
         tag: Tag,
-        parts: &mut [&mut [T]],
+        fill: impl FnOnce(&mut Vec<Part>, &[AtomicBool]),
     ) -> Result<(), CollectiveError> {
         let (rank, world) = (self.rank, self.shared.world);
         // From here on the parts are reached only through the lent table.
         let mut table = std::mem::take(&mut self.parts);
         table.clear();
-        table.extend(
-            parts
-                .iter_mut()
-                .map(|part| (part.as_mut_ptr() as usize, part.len())),
-        );
-        let len = table.iter().map(|&(_, len)| len).sum();
+        fill(&mut table, &self.flags);
+        let len = table.iter().map(|part| part.len).sum();
         let view = self.view(tag, len, None);
         let mut peers = std::mem::take(&mut self.peers);
         let mut piece = std::mem::take(&mut self.piece);
@@ -412,7 +467,7 @@ impl ThreadCollective {
                     &table,
                     chunk(len, world, rank),
                     &mut piece,
-                    |addrs, range| reduce_chunk::<T>(addrs, range),
+                    |parts, range| reduce_chunk::<T>(parts, parts[rank], range),
                 )
             };
             // Given back before the rendezvous: once every rank has met
@@ -424,6 +479,16 @@ impl ThreadCollective {
         self.peers = peers;
         self.piece = piece;
         result
+    }
+
+    /// [`Self::all_reduce_in_place`] of one contiguous buffer, unfinished.
+    fn all_reduce_whole<T: Element>(
+        &mut self,
+        tag: Tag,
+        data: &mut [T],
+    ) -> Result<(), CollectiveError> {
+        let part = Part::plain(data.as_mut_ptr() as usize, data.len());
+        self.all_reduce_in_place::<T>(tag, |table, _| table.push(part))
     }
 }
 
@@ -459,7 +524,7 @@ impl Shared {
         if let Some(failure) = &state.failure {
             return Err(failure.clone());
         }
-        let len: usize = own.iter().map(|&(_, len)| len).sum();
+        let len: usize = own.iter().map(|part| part.len).sum();
         peers.clear();
         for owner in 0..self.world {
             match state.loans[owner] {
@@ -509,7 +574,7 @@ impl Loan {
     unsafe fn parts_match(&self, own: &[Part]) -> bool {
         // SAFETY: by the contract, `parts` entries at `table`.
         let lent = unsafe { std::slice::from_raw_parts(self.table as *const Part, self.parts) };
-        lent.len() == own.len() && lent.iter().zip(own).all(|(lent, own)| lent.1 == own.1)
+        lent.len() == own.len() && lent.iter().zip(own).all(|(lent, own)| lent.len == own.len)
     }
 }
 
@@ -560,8 +625,8 @@ impl Drop for Borrowed<'_> {
 }
 
 /// Splits `range` of a buffer into its pieces within single parts, and calls
-/// `visit` for each with the addresses of that part by rank (0 where
-/// `tables` has none) and the range within the part.
+/// `visit` for each with that part of every rank's table ([`Part::NONE`]
+/// where `tables` has none) and the range within the part.
 ///
 /// # Safety
 /// Every non-zero address in `tables` must be a live table of parts as long
@@ -570,21 +635,21 @@ unsafe fn for_each_piece(
     tables: &[usize],
     own: &[Part],
     range: Range<usize>,
-    piece: &mut Vec<usize>,
-    mut visit: impl FnMut(&[usize], Range<usize>),
+    piece: &mut Vec<Part>,
+    mut visit: impl FnMut(&[Part], Range<usize>),
 ) {
     let mut start = 0;
-    for (index, &(_, len)) in own.iter().enumerate() {
+    for (index, part) in own.iter().enumerate() {
         if start >= range.end {
             break;
         }
-        let end = start + len;
+        let end = start + part.len;
         if range.start < end {
             piece.clear();
             piece.extend(tables.iter().map(|&table| match table {
-                0 => 0,
+                0 => Part::NONE,
                 // SAFETY: by the contract, the table has an entry `index`.
-                table => unsafe { (*(table as *const Part).add(index)).0 },
+                table => unsafe { *(table as *const Part).add(index) },
             }));
             visit(
                 piece,
@@ -595,24 +660,25 @@ unsafe fn for_each_piece(
     }
 }
 
-/// Sums chunk `range` of the buffers at `peers` (by rank) in rank order, in
-/// `T::Acc`, and writes the rounded sums to the same chunk of every one of
-/// them, a block at a time.
+/// Sums chunk `range` of the parts `peers` (by rank) in rank order, in
+/// `T::Acc`, finishes the rounded sums as `own` (this rank's part) says, and
+/// writes them to the same chunk of every part, a block at a time. A block
+/// with a non-finite finished value sets every lender's flag of the part.
 ///
 /// # Safety
-/// Every address in `peers` must point to a live buffer of at least
-/// `range.end` elements of `T`, whose `range` no one else reads or writes
-/// meanwhile.
-unsafe fn reduce_chunk<T: Element>(peers: &[usize], range: Range<usize>) {
+/// Every part in `peers` must be a live buffer of at least `range.end`
+/// elements of `T`, whose `range` no one else reads or writes meanwhile, and
+/// with a live flag where `own` has one.
+unsafe fn reduce_chunk<T: Element>(peers: &[Part], own: Part, range: Range<usize>) {
     let mut sums = [T::ACC; BLOCK];
     let mut block = [T::narrow(T::ACC); BLOCK];
     let mut start = range.start;
     while start < range.end {
         let n = BLOCK.min(range.end - start);
         let sums = &mut sums[..n];
-        for (owner, &addr) in peers.iter().enumerate() {
+        for (owner, part) in peers.iter().enumerate() {
             // SAFETY: by the contract; the slice ends before any is written.
-            let part = unsafe { std::slice::from_raw_parts((addr as *const T).add(start), n) };
+            let part = unsafe { std::slice::from_raw_parts((part.addr as *const T).add(start), n) };
             if owner == 0 {
                 for (sum, x) in sums.iter_mut().zip(part) {
                     *sum = x.widen();
@@ -624,13 +690,16 @@ unsafe fn reduce_chunk<T: Element>(peers: &[usize], range: Range<usize>) {
             }
         }
         let block = &mut block[..n];
-        for (out, sum) in block.iter_mut().zip(sums.iter()) {
-            *out = T::narrow(*sum);
+        if !T::finish(sums, block, own.divisor, own.flag != 0) {
+            for part in peers {
+                // SAFETY: by the contract.
+                unsafe { (*(part.flag as *const AtomicBool)).store(true, Ordering::Relaxed) };
+            }
         }
-        for &addr in peers {
+        for part in peers {
             // SAFETY: by the contract; no other slice of this range is alive.
             unsafe {
-                std::ptr::copy_nonoverlapping(block.as_ptr(), (addr as *mut T).add(start), n)
+                std::ptr::copy_nonoverlapping(block.as_ptr(), (part.addr as *mut T).add(start), n)
             };
         }
         start += n;
@@ -653,9 +722,9 @@ impl Collective for ThreadCollective {
         // Compressed buckets are summed in f32 and rounded once: every rank
         // rounds the same f32 value, so results agree.
         match data {
-            WireBuf::F32(data) => self.all_reduce_in_place(tag, &mut [data]),
-            WireBuf::Bf16(data) => self.all_reduce_in_place(tag, &mut [data]),
-            WireBuf::F16(data) => self.all_reduce_in_place(tag, &mut [data]),
+            WireBuf::F32(data) => self.all_reduce_whole(tag, data),
+            WireBuf::Bf16(data) => self.all_reduce_whole(tag, data),
+            WireBuf::F16(data) => self.all_reduce_whole(tag, data),
         }
     }
 
@@ -666,19 +735,39 @@ impl Collective for ThreadCollective {
     fn all_reduce_scattered(
         &mut self,
         tag: Tag,
-        parts: &mut [&mut [f32]],
+        parts: &mut [ScatteredPart<'_>],
     ) -> Result<(), CollectiveError> {
+        if self.flags.len() < parts.len() {
+            self.flags.resize_with(parts.len(), AtomicBool::default);
+        }
+        for flag in &self.flags[..parts.len()] {
+            flag.store(false, Ordering::Relaxed);
+        }
         if self.shared.world == 1 {
+            for part in parts.iter_mut() {
+                part.non_finite = !finite::scale_in_place_checked(part.values, part.divisor);
+            }
             return Ok(());
         }
-        self.all_reduce_in_place(tag, parts)
+        self.all_reduce_in_place::<f32>(tag, |table, flags| {
+            table.extend(parts.iter_mut().zip(flags).map(|(part, flag)| Part {
+                addr: part.values.as_mut_ptr() as usize,
+                len: part.values.len(),
+                divisor: part.divisor,
+                flag: flag as *const AtomicBool as usize,
+            }))
+        })?;
+        for (part, flag) in parts.iter_mut().zip(&self.flags) {
+            part.non_finite = flag.load(Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn all_reduce_counts(&mut self, tag: Tag, counts: &mut [u32]) -> Result<(), CollectiveError> {
         if self.shared.world == 1 {
             return Ok(());
         }
-        self.all_reduce_in_place(tag, &mut [counts])
+        self.all_reduce_whole(tag, counts)
     }
 
     fn broadcast(
@@ -702,7 +791,7 @@ impl Collective for ThreadCollective {
         // From here on the buffer is reached only through the table.
         let mut table = std::mem::take(&mut self.parts);
         table.clear();
-        table.push((data.as_mut_ptr() as usize, len));
+        table.push(Part::plain(data.as_mut_ptr() as usize, len));
         let view = self.view(tag, len, Some(root));
         let mut peers = std::mem::take(&mut self.peers);
         let result = (|| {
@@ -715,8 +804,12 @@ impl Collective for ThreadCollective {
                 // SAFETY: the root lent one part of `len` f32s, alive while
                 // borrowed; it does not write them during a broadcast.
                 unsafe {
-                    let (from, _) = *(peers[root] as *const Part);
-                    std::ptr::copy_nonoverlapping(from as *const f32, table[0].0 as *mut f32, len);
+                    let from = (*(peers[root] as *const Part)).addr;
+                    std::ptr::copy_nonoverlapping(
+                        from as *const f32,
+                        table[0].addr as *mut f32,
+                        len,
+                    );
                 }
             }
             // Everyone has borrowed before the root may leave (the root's

@@ -14,9 +14,10 @@ use half::{bf16, f16};
 
 use super::buckets::SlotSpan;
 use super::grads::{self, Local};
-use super::{NonFinite, Reducer, WireFormat, finite};
+use super::{NonFinite, Reducer, WireFormat};
 use crate::collective::{Collective, Tag};
 use crate::error::DdpError;
+use crate::finite;
 use crate::stats::StepStats;
 
 /// Whether every value of `tensor` is finite: one reduction on the device,

@@ -7,7 +7,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 
-use super::finite;
+use crate::finite;
 
 /// The highest tensor rank handled.
 pub(crate) const MAX_DIMS: usize = 8;

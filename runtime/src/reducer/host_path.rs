@@ -3,8 +3,10 @@
 //! Each gradient was read to the host when it was taken out of burn (no copy
 //! on a CPU backend). A collective that sums scattered memory (the thread
 //! group) reduces the gradients where they are, when they are not tiny: no
-//! bucket, no copy; each is checked in one read before, and scaled in place
-//! after, then handed back in its own buffer. Otherwise (MPI, compressed
+//! bucket, no copy; each is checked in one read before, and the collective
+//! divides the sums and checks them as it writes them back (except in a lead
+//! bucket averaged over contributors, whose divisors arrive with it: those
+//! are scaled in place after), then handed back in its own buffer. Otherwise (MPI, compressed
 //! wires, buckets of small gradients) packing copies
 //! each gradient into a reused bucket, checking it in the same pass, and the
 //! sums are checked and scaled in the pass that writes them into the
@@ -20,9 +22,10 @@ use half::{bf16, f16};
 
 use super::buckets::SlotSpan;
 use super::grads::{self, Local};
-use super::{NonFinite, Reducer, WireFormat, finite};
-use crate::collective::{Collective, Tag, WireBuf};
+use super::{Averaging, NonFinite, Reducer, WireFormat};
+use crate::collective::{Collective, ScatteredPart, Tag, WireBuf};
 use crate::error::DdpError;
+use crate::finite;
 use crate::stats::StepStats;
 
 /// The least mean number of elements per gradient for which summing the
@@ -116,8 +119,8 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
 
     /// [`Self::reduce_on_host`] without a bucket, for a collective that sums
     /// memory wherever it lies: each gradient is summed in its own buffer
-    /// (zeros where this rank has none), checked before and scaled after in
-    /// place, and registered in `out` without a copy.
+    /// (zeros where this rank has none), checked before, divided and checked
+    /// by the collective, and registered in `out` without a copy.
     fn reduce_scattered(
         &mut self,
         tag: Tag,
@@ -143,13 +146,30 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         }
         stats.pack += start.elapsed();
 
+        // The collective divides the sums as it writes them back and flags
+        // non-finite ones, unless the divisors depend on the counts this
+        // bucket carries.
+        let finish_in_collective = !(counts && self.config.averaging == Averaging::Contributors);
         let start = Instant::now();
         let mut counts_wire = std::mem::take(&mut self.counts_wire);
-        let mut parts: Vec<&mut [f32]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
+        let mut parts: Vec<ScatteredPart<'_>> = spans
+            .iter()
+            .zip(buffers.iter_mut())
+            .map(|(span, values)| {
+                let divisor = if finish_in_collective {
+                    self.divisor(span.slot)
+                } else {
+                    1.0
+                };
+                ScatteredPart::new(values, divisor)
+            })
+            .collect();
         if counts {
-            parts.push(&mut counts_wire);
+            parts.push(ScatteredPart::new(&mut counts_wire, 1.0));
         }
         let result = self.collective.all_reduce_scattered(tag, &mut parts);
+        let non_finite: Vec<bool> = parts.iter().map(|part| part.non_finite).collect();
+        drop(parts);
         self.counts_wire = counts_wire;
         result?;
         if counts {
@@ -158,15 +178,21 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         stats.all_reduce += start.elapsed();
 
         let start = Instant::now();
-        for (span, mut values) in spans.iter().zip(buffers) {
+        for ((span, mut values), non_finite) in spans.iter().zip(buffers).zip(non_finite) {
             if !self.usage.is_global(span.slot) {
                 continue;
             }
-            let divisor = self.divisor(span.slot);
-            if !check {
-                finite::scale_in_place(&mut values, divisor);
-            } else if !finite::scale_in_place_checked(&mut values, divisor) {
-                self.reduced_non_finite(span.slot, &values, stats)?;
+            if finish_in_collective {
+                if check && non_finite {
+                    self.reduced_non_finite(span.slot, &values, stats)?;
+                }
+            } else {
+                let divisor = self.divisor(span.slot);
+                if !check {
+                    finite::scale_in_place(&mut values, divisor);
+                } else if !finite::scale_in_place_checked(&mut values, divisor) {
+                    self.reduced_non_finite(span.slot, &values, stats)?;
+                }
             }
             self.register(span.slot, values, out);
         }

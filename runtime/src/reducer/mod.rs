@@ -3,10 +3,13 @@
 //! Per step (SPEC §4): local usage = always ∪ recorded; every gradient taken
 //! out of burn is checked against it (a gradient outside it is an error). The
 //! plan and the records decide only what may travel; the result follows the
-//! real gradients; per-slot gradient counts travel with the usage exchange.
-//! That exchange is one small all-reduce of a `u32` per trainable slot (always
-//! and conditional): the number of ranks whose backward produced a gradient
-//! for it. Slots with a count above zero are packed into buckets laid out from
+//! real gradients. Every rank counts, per trainable slot (always and
+//! conditional), whether its backward produced a gradient for it; the sum of
+//! those counts over the ranks is the step's global usage. On a host
+//! collective with the f32 wire the counts ride in the *lead bucket*, after
+//! the always-planned gradients, whose layout is fixed at compile time; other
+//! collectives and wires exchange them first, in one small `u32` all-reduce.
+//! Conditional slots with a count above zero go into buckets laid out from
 //! that global mask alone, all-reduced, scaled and handed back; a rank without
 //! the gradient contributes zeros. Slots no rank has a gradient for — whether
 //! unused, or planned always or recorded but cut off from the loss — get no
@@ -27,14 +30,10 @@
 //! tensor on the gradients' device, packed, checked, cast, reduced and
 //! unpacked there (`device_path`): no gradient leaves the device.
 //!
-//! Known cost: the exchange runs for every step of a world larger than one,
-//! also for a model without conditional slots, where it used to be skipped.
-//! Carrying the counts in band with the first bucket would save that round
-//! trip; it is not done yet. A world of one exchanges nothing.
+//! A world of one exchanges nothing.
 
 mod buckets;
 mod device_path;
-mod finite;
 pub(crate) mod grads;
 mod host_path;
 mod layout_check;
@@ -53,6 +52,7 @@ use half::{bf16, f16};
 
 use crate::collective::{Collective, Op, Tag};
 use crate::error::DdpError;
+use crate::finite;
 use crate::model::DdpModel;
 use crate::plan::{Usage, UsagePlan};
 use crate::recorder::UsageRecord;

@@ -1,4 +1,5 @@
-//! Non-finite checks on buffers the reducer reads anyway.
+//! Non-finite checks on buffers the reducer and the thread group read
+//! anyway, and the division of sums by the averaging divisor.
 //!
 //! The scans test the exponent bits of blocks of elements and branch once
 //! per block, so the compiler vectorizes them; the exact element is located
