@@ -37,8 +37,9 @@
 //! Every rendezvous compares the callers' tags and lengths and watches for
 //! departed ranks and timeouts; the first failure is kept and every later call
 //! returns it, so all ranks report the same cause. A rank spins briefly
-//! before it parks at a rendezvous: operations on small buffers then cost no
-//! sleep and wake-up.
+//! before it parks at a rendezvous, or, when ranks outnumber cores, yields
+//! its core a few times to the ranks still on their way: operations on small
+//! buffers then mostly cost no sleep and wake-up.
 
 use std::ops::{AddAssign, Range};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -180,7 +181,8 @@ struct Shared {
     world: usize,
     timeout: Duration,
     /// Whether a waiting rank spins before it parks: only when every rank
-    /// can have a core, or spinning would take the core a late rank needs.
+    /// can have a core, or spinning would take the core a late rank needs
+    /// (it yields the core instead).
     spin: bool,
     sync: Mutex<SyncState>,
     /// `SyncState::generation`, readable without the lock, for spinning.
@@ -286,6 +288,10 @@ element!(f16, f32, "f16", f16::to_f32, f16::from_f32);
 /// Elements summed per block: the running sums stay in L1.
 const BLOCK: usize = 1024;
 
+/// How many times a rank yields its core at a rendezvous before it parks,
+/// when ranks outnumber cores.
+const YIELDS: usize = 16;
+
 /// How long a rank spins at a rendezvous before it parks.
 const SPIN: Duration = Duration::from_micros(50);
 
@@ -374,7 +380,18 @@ impl ThreadCollective {
 
         let generation = state.generation;
         let start = Instant::now();
-        if shared.spin {
+        if !shared.spin {
+            drop(state);
+            // More ranks than cores: give the core away, a few times, to the
+            // ranks still on their way, instead of parking at once.
+            for _ in 0..YIELDS {
+                std::thread::yield_now();
+                if shared.generation.load(Ordering::Acquire) != generation {
+                    return Ok(());
+                }
+            }
+            state = lock(&shared.sync);
+        } else {
             drop(state);
             // Release comes first (see below); the store is made under the
             // lock after every rank's arrival, so its `Acquire` load also
