@@ -107,32 +107,50 @@ pub(crate) fn put<B: Backend>(
     })
 }
 
-/// Registers `values` (on the host) as the gradient of `id`.
+/// Registers `values` (on the host, f32) as the gradient of `id`.
 pub(crate) fn put_host<B: Backend>(
     grads: &mut GradientsParams,
     id: ParamId,
-    shape: &[usize],
-    values: Vec<f32>,
+    values: HostF32,
     dtype: DType,
     device: &B::Device,
 ) {
-    let data = TensorData::new(values, shape.to_vec());
-    with_dims!(shape.len(), D => grads.register::<B, D>(
+    let data = values.0;
+    with_dims!(data.shape.len(), D => grads.register::<B, D>(
         id,
         Tensor::<B, D>::from_data(data, (device, dtype)),
     ))
 }
 
-/// This rank's gradient taken to the host, as `len` f32 values: its own
-/// allocation when it is f32 (`into_vec` moves a buffer allocated for f32,
-/// the usual case on NdArray and Flex: no copy, no page faults; it copies
-/// one allocated otherwise), converted when it is another float type, zeros
-/// when this rank has none.
-pub(crate) fn host_f32<B: Backend>(local: Option<Local<B>>, len: usize) -> Vec<f32> {
-    match local {
-        Some(Local::Host(data)) if data.dtype == DType::F32 => data.into_vec().expect("f32 values"),
-        Some(Local::Host(data)) => data.iter::<f32>().collect(),
-        _ => vec![0.0; len],
+/// A gradient on the host as f32 values in a buffer of its own, which
+/// becomes the reduced gradient's: on a CPU backend the one burn's backward
+/// allocated, so no copy is made on the way in or out.
+pub(crate) struct HostF32(TensorData);
+
+impl HostF32 {
+    /// This rank's gradient taken to the host, shaped `shape`: its own
+    /// buffer when it is f32 (no copy), converted when it is another float
+    /// type, zeros when this rank has none.
+    pub(crate) fn new<B: Backend>(local: Option<Local<B>>, shape: &[usize]) -> Self {
+        let data = match local {
+            Some(Local::Host(mut data)) if data.dtype == DType::F32 => {
+                // `as_mut_slice` needs the buffer aligned for f32, which an
+                // allocation for any float is; a copy where it is not.
+                if data.as_mut_slice::<f32>().is_err() {
+                    data = TensorData::new(data.iter::<f32>().collect(), data.shape.clone());
+                }
+                data
+            }
+            Some(Local::Host(data)) => {
+                TensorData::new(data.iter::<f32>().collect(), data.shape.clone())
+            }
+            _ => TensorData::new(vec![0.0f32; shape.iter().product()], shape.to_vec()),
+        };
+        Self(data)
+    }
+
+    pub(crate) fn values(&mut self) -> &mut [f32] {
+        self.0.as_mut_slice().expect("an aligned f32 buffer")
     }
 }
 

@@ -21,7 +21,7 @@ use burn::tensor::backend::AutodiffBackend;
 use half::{bf16, f16};
 
 use super::buckets::SlotSpan;
-use super::grads::{self, Local};
+use super::grads::{self, HostF32, Local};
 use super::{Averaging, NonFinite, Reducer, WireFormat};
 use crate::collective::{Collective, ScatteredPart, Tag, WireBuf};
 use crate::error::DdpError;
@@ -105,13 +105,14 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             let divisor = self.divisor(span.slot);
             // This rank's own gradient buffer takes the result (no
             // allocation, no page faults); a fresh one where it had none.
-            let mut values = grads::host_f32(self.local[span.slot].take(), sums.len());
+            let local = self.local[span.slot].take();
+            let mut grad = HostF32::new(local, &self.plan.layout().slots()[span.slot].shape);
             if !check {
-                finite::scale(sums, divisor, &mut values);
-            } else if !finite::scale_checked(sums, divisor, &mut values) {
+                finite::scale(sums, divisor, grad.values());
+            } else if !finite::scale_checked(sums, divisor, grad.values()) {
                 self.reduced_non_finite(span.slot, sums, stats)?;
             }
-            self.register(span.slot, values, out);
+            self.register(span.slot, grad, out);
         }
         stats.unpack += start.elapsed();
         Ok(())
@@ -132,17 +133,17 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         let check = self.config.non_finite != NonFinite::Ignore;
 
         let start = Instant::now();
-        let mut buffers = Vec::with_capacity(spans.len());
+        let mut grads = Vec::with_capacity(spans.len());
         for span in spans {
             let local = self.local[span.slot].take();
             let present = local.is_some();
-            let values = grads::host_f32(local, span.len);
-            if check && present && !finite::all_finite(&values) {
+            let mut grad = HostF32::new(local, &self.plan.layout().slots()[span.slot].shape);
+            if check && present && !finite::all_finite(grad.values()) {
                 let (element, value) =
-                    finite::first_non_finite(&values).expect("a non-finite value");
+                    finite::first_non_finite(grad.values()).expect("a non-finite value");
                 self.local_non_finite(span.slot, element, value, stats)?;
             }
-            buffers.push(values);
+            grads.push(grad);
         }
         stats.pack += start.elapsed();
 
@@ -154,14 +155,14 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         let mut counts_wire = std::mem::take(&mut self.counts_wire);
         let mut parts: Vec<ScatteredPart<'_>> = spans
             .iter()
-            .zip(buffers.iter_mut())
-            .map(|(span, values)| {
+            .zip(grads.iter_mut())
+            .map(|(span, grad)| {
                 let divisor = if finish_in_collective {
                     self.divisor(span.slot)
                 } else {
                     1.0
                 };
-                ScatteredPart::new(values, divisor)
+                ScatteredPart::new(grad.values(), divisor)
             })
             .collect();
         if counts {
@@ -178,40 +179,33 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         stats.all_reduce += start.elapsed();
 
         let start = Instant::now();
-        for ((span, mut values), non_finite) in spans.iter().zip(buffers).zip(non_finite) {
+        for ((span, mut grad), non_finite) in spans.iter().zip(grads).zip(non_finite) {
             if !self.usage.is_global(span.slot) {
                 continue;
             }
             if finish_in_collective {
                 if check && non_finite {
-                    self.reduced_non_finite(span.slot, &values, stats)?;
+                    self.reduced_non_finite(span.slot, grad.values(), stats)?;
                 }
             } else {
                 let divisor = self.divisor(span.slot);
                 if !check {
-                    finite::scale_in_place(&mut values, divisor);
-                } else if !finite::scale_in_place_checked(&mut values, divisor) {
-                    self.reduced_non_finite(span.slot, &values, stats)?;
+                    finite::scale_in_place(grad.values(), divisor);
+                } else if !finite::scale_in_place_checked(grad.values(), divisor) {
+                    self.reduced_non_finite(span.slot, grad.values(), stats)?;
                 }
             }
-            self.register(span.slot, values, out);
+            self.register(span.slot, grad, out);
         }
         stats.unpack += start.elapsed();
         Ok(())
     }
 
     /// Registers the reduced `values` of `slot` in `out`.
-    fn register(&self, slot: usize, values: Vec<f32>, out: &mut GradientsParams) {
+    fn register(&self, slot: usize, values: HostF32, out: &mut GradientsParams) {
         let info = &self.infos[slot];
-        let slot = &self.plan.layout().slots()[slot];
-        grads::put_host::<B::InnerBackend>(
-            out,
-            slot.id,
-            &slot.shape,
-            values,
-            info.dtype,
-            &info.device,
-        );
+        let id = self.plan.layout().slots()[slot].id;
+        grads::put_host::<B::InnerBackend>(out, id, values, info.dtype, &info.device);
     }
 
     /// All-reduces `values` (holding `spans`) in the configured wire format,
