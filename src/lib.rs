@@ -251,10 +251,10 @@ pub use maskddp_macros::ddp_model;
 // it is listed here.
 pub use maskddp_runtime::collective;
 pub use maskddp_runtime::{
-    Averaging, Collective, CollectiveError, DdpError, DdpModel, NonFinite, Op, ParamLayout,
-    ParamSlot, PlanBuilder, PlanTable, Reducer, ReducerConfig, ScatteredPart, StatsSummary,
-    StepStats, Tag, ThreadCollective, ThreadGroup, ThreadGroupConfig, Usage, UsagePlan,
-    UsageRecord, WireBuf, WireFormat, init_from_env, parameter_checksum, record_usage,
+    Averaging, Collective, CollectiveError, DdpError, DdpModel, NonFinite, NonFiniteFound, Op,
+    ParamLayout, ParamSlot, PlanBuilder, PlanTable, Reducer, ReducerConfig, ScatteredPart,
+    StatsSummary, StepStats, Tag, ThreadCollective, ThreadGroup, ThreadGroupConfig, Usage,
+    UsagePlan, UsageRecord, WireBuf, WireFormat, init_from_env, parameter_checksum, record_usage,
 };
 pub use maskddp_runtime::{Launch, LaunchEnv, LaunchError, NcclEnv};
 #[cfg(feature = "mpi")]

@@ -125,8 +125,8 @@ pub enum DdpError {
     #[error(
         "step {step}: the sum over ranks of the gradients of `{path}` overflows the {wire} \
          wire format (largest finite value {max}) at element {element}, although every \
-         rank's own gradient is finite; use a wider wire format (`WireFormat::Bf16` or \
-         `WireFormat::F32`), or scale the loss down"
+         rank's own gradient is finite; scale the loss down, or, on a 16-bit wire, use one \
+         with f32's range (`WireFormat::Bf16` or `WireFormat::F32`)"
     )]
     SumOverflow {
         /// The step.

@@ -20,8 +20,8 @@ pub mod train;
 pub mod __private;
 
 pub use collective::{
-    Collective, CollectiveError, Op, ScatteredPart, Tag, ThreadCollective, ThreadGroup,
-    ThreadGroupConfig, WireBuf,
+    Collective, CollectiveError, NonFiniteFound, Op, ScatteredPart, Tag, ThreadCollective,
+    ThreadGroup, ThreadGroupConfig, WireBuf,
 };
 #[cfg(feature = "mpi")]
 pub use collective::{MpiCollective, MpiConfig, MpiInitError};

@@ -618,14 +618,38 @@ fn a_non_finite_gradient_is_counted_under_warn_and_passes_under_ignore() {
 }
 
 /// The same reports where the thread group sums gradients where they lie
-/// and finishes the sums itself (gradients of thousands of elements; the
-/// small model above packs them): a NaN counted under `Warn`, an overflowing
-/// f32 sum an error on every rank, under both averagings.
+/// and checks the sums as it forms them (gradients of thousands of elements;
+/// the small model above packs them): a NaN names the rank and the first
+/// path on every rank under `Error` and is counted under `Warn`, an
+/// overflowing f32 sum is an error on every rank, under both averagings.
 #[test]
 fn non_finite_gradients_summed_where_they_lie_are_reported_alike() {
     // Hidden width 64: expert weights of 4096 elements.
     const WIDE: usize = 64;
     for averaging in [Averaging::WorldSize, Averaging::Contributors] {
+        let config = ReducerConfig::default().with_averaging(averaging);
+        // Two NaNs on rank 2, in different chunks of the buffer, and the
+        // first in slot order far into its gradient.
+        let results = run_altered_wide(3, config, 4, WIDE, |rank, step, model, grads| {
+            if rank == 2 && step == 3 {
+                poke(grads, model.head.bias.as_ref().unwrap(), 60, f32::NAN);
+                poke(grads, &model.experts[1].weight, 4000, f32::NAN);
+                poke(grads, &model.experts[1].weight, 4001, f32::INFINITY);
+            }
+        });
+        assert_eq!(
+            error_of(&results[2]),
+            DdpError::NonFiniteGradient {
+                step: 3,
+                rank: 2,
+                path: "experts.1.weight".to_owned(),
+                element: 4000,
+                value: "NaN".to_owned(),
+            },
+            "{averaging}"
+        );
+        assert_others_told(&results, 2, 3, "`experts.1.weight`");
+
         let config = ReducerConfig::default()
             .with_averaging(averaging)
             .with_non_finite(NonFinite::Warn);

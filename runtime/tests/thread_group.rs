@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use half::{bf16, f16};
 use maskddp_runtime::{
-    Collective, CollectiveError, Op, ScatteredPart, Tag, ThreadGroup, ThreadGroupConfig, WireBuf,
+    Collective, CollectiveError, NonFiniteFound, Op, ScatteredPart, Tag, ThreadGroup,
+    ThreadGroupConfig, WireBuf,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -91,18 +92,27 @@ fn cut(rng: &mut Rng, len: usize) -> Vec<usize> {
     lengths
 }
 
-/// Scattered parts sum to the bits of one contiguous buffer, each part
-/// divided by its divisor (1 leaves it, a power of two multiplies by the
-/// exact inverse, others divide: all must give the bits of `sum / divisor`),
-/// and every rank gets the same flag per part: set exactly when a finished
-/// value of the part is not finite (a NaN or an infinity on one rank, or a
-/// sum that overflows).
 fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|x| x.to_bits()).collect()
 }
 
+/// [`NonFiniteFound`] with the value as bits, so that NaN compares.
+fn found_bits(found: &NonFiniteFound) -> (bool, bool, Option<(usize, u32)>) {
+    let here = found
+        .here
+        .map(|(element, value)| (element, value.to_bits()));
+    (found.in_sums, found.in_values, here)
+}
+
+/// Scattered parts sum to the bits of one contiguous buffer, each part
+/// divided by its divisor (1 leaves it, a power of two multiplies by the
+/// exact inverse, others divide: all must give the bits of `sum / divisor`),
+/// and report per part what is not finite: every rank learns whether a
+/// finished value is (non-finite values on some ranks, or a sum that
+/// overflows) and whether some rank's value is, and each rank its own first
+/// non-finite value in the part.
 #[test]
-fn scattered_parts_sum_to_the_bits_of_one_buffer_divided_and_flagged() {
+fn scattered_parts_sum_to_the_bits_of_one_buffer_divided_and_checked() {
     for world in [1, 2, 3, 4, 7] {
         for len in [0usize, 1, 5, 64, 1000, 5000] {
             // Every rank cuts its buffer the same way (a shared seed).
@@ -110,14 +120,23 @@ fn scattered_parts_sum_to_the_bits_of_one_buffer_divided_and_flagged() {
             let divisors: Vec<f32> = (0..lengths.len())
                 .map(|part| [1.0, 2.0, 3.0, world as f32, 0.1, 8.0][part % 6])
                 .collect();
-            // One rank holds one non-finite value, NaN or infinity by length.
-            let poisoned = (len > 1).then_some((len / 3, len % world));
-            let poison = if len % 2 == 0 {
-                f32::NAN
-            } else {
-                f32::NEG_INFINITY
-            };
-            let (divs, cuts) = (divisors.clone(), lengths.clone());
+            // Non-finite values: (element, rank, value); two on one rank,
+            // one on the next, on longer buffers.
+            let first = len % world;
+            let mut poisoned = Vec::new();
+            if len > 1 {
+                let poison = if len % 2 == 0 {
+                    f32::NAN
+                } else {
+                    f32::NEG_INFINITY
+                };
+                poisoned.push((len / 3, first, poison));
+            }
+            if len >= 64 {
+                poisoned.push((len / 3 + 1, first, f32::INFINITY));
+                poisoned.push((len / 2, (first + 1) % world, f32::NAN));
+            }
+            let (divs, cuts, poison) = (divisors.clone(), lengths.clone(), poisoned.clone());
             let results = all_ok(run_ranks(
                 ThreadGroup::new(world),
                 LIMIT,
@@ -125,10 +144,10 @@ fn scattered_parts_sum_to_the_bits_of_one_buffer_divided_and_flagged() {
                     assert!(collective.sums_scattered());
                     let mut rng = Rng::new(rank as u64);
                     let mut whole: Vec<f32> = (0..len).map(|_| rng.unit() * 1e3 - 5e2).collect();
-                    if let Some((element, at)) = poisoned
-                        && at == rank
-                    {
-                        whole[element] = poison;
+                    for &(element, at, value) in &poison {
+                        if at == rank {
+                            whole[element] = value;
+                        }
                     }
                     // The last element overflows once two ranks add it.
                     if len >= 64 {
@@ -147,33 +166,49 @@ fn scattered_parts_sum_to_the_bits_of_one_buffer_divided_and_flagged() {
                     collective
                         .all_reduce_scattered(Tag::new(1, Op::Bucket(1)), &mut views)
                         .unwrap();
-                    let flags: Vec<bool> = views.iter().map(|part| part.non_finite).collect();
+                    let found: Vec<_> = views.iter().map(|part| found_bits(&part.found)).collect();
                     drop(views);
-                    (contiguous, bits(&parts.concat()), flags)
+                    (contiguous, bits(&parts.concat()), found, whole)
                 },
             ));
             let sums = &results[0].0;
-            let (mut expected, mut expected_flags, mut start) = (Vec::new(), Vec::new(), 0);
+            let context = format!("world {world}, length {len}");
+            let (mut expected, mut start) = (Vec::new(), 0);
+            let mut expected_found = vec![Vec::new(); world];
             for (&part_len, &divisor) in lengths.iter().zip(&divisors) {
-                let finished: Vec<f32> = sums[start..start + part_len]
+                let range = start..start + part_len;
+                let finished: Vec<f32> = sums[range.clone()]
                     .iter()
                     .map(|&sum| if divisor == 1.0 { sum } else { sum / divisor })
                     .collect();
-                expected_flags.push(finished.iter().any(|x| !x.is_finite()));
+                let in_sums = finished.iter().any(|x| !x.is_finite());
+                let firsts: Vec<Option<(usize, u32)>> = results
+                    .iter()
+                    .map(|(.., whole)| {
+                        let values = &whole[range.clone()];
+                        let element = values.iter().position(|x| !x.is_finite())?;
+                        Some((element, values[element].to_bits()))
+                    })
+                    .collect();
+                let in_values = firsts.iter().any(Option::is_some);
+                for (rank, here) in firsts.into_iter().enumerate() {
+                    expected_found[rank].push((in_sums, in_values, here));
+                }
                 expected.extend(bits(&finished));
                 start += part_len;
             }
-            let context = format!("world {world}, length {len}");
             if len >= 64 && world > 1 {
+                let found = expected_found.concat();
+                assert!(found.iter().any(|f| f.0 && !f.1), "{context}: no overflow");
                 assert!(
-                    expected_flags.iter().any(|&flag| flag),
-                    "{context}: not vacuous"
+                    found.iter().any(|f| f.2.is_some()),
+                    "{context}: no value found"
                 );
             }
-            for (contiguous, scattered, flags) in &results {
+            for (rank, (contiguous, scattered, found, _)) in results.iter().enumerate() {
                 assert_eq!(bits(contiguous), bits(sums), "{context}");
                 assert_eq!(scattered, &expected, "{context}");
-                assert_eq!(flags, &expected_flags, "{context}");
+                assert_eq!(found, &expected_found[rank], "{context}, rank {rank}");
             }
         }
     }

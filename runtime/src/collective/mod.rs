@@ -11,7 +11,7 @@
 //! sum memory in several places (the thread group) says so with
 //! [`Collective::sums_scattered`] and gets the gradients themselves, unpacked,
 //! in [`Collective::all_reduce_scattered`], with the divisor of each, so it
-//! writes back averages and flags non-finite ones. A device collective
+//! writes back averages and reports non-finite values. A device collective
 //! (NCCL) says so with [`Collective::sums_on_device`] and sums the bucket
 //! where it lives, [`Collective::all_reduce_device`]: no gradient leaves the
 //! device.
@@ -97,7 +97,7 @@ impl fmt::Display for Tag {
 
 /// One part of a buffer summed where it lies
 /// ([`Collective::all_reduce_scattered`]): this rank's values in, the
-/// finished sums out.
+/// finished sums out, and what was found not finite on the way.
 #[derive(Debug)]
 pub struct ScatteredPart<'a> {
     /// This rank's contribution; the finished sums after the call.
@@ -106,9 +106,8 @@ pub struct ScatteredPart<'a> {
     /// sums as they are). Dividing by a power of two multiplies by its exact
     /// inverse, which gives the same bits.
     pub divisor: f32,
-    /// Set by the call when some finished value of the part is not finite
-    /// (a non-finite value on some rank, or a sum that overflowed).
-    pub non_finite: bool,
+    /// Set by the call.
+    pub found: NonFiniteFound,
 }
 
 impl<'a> ScatteredPart<'a> {
@@ -117,9 +116,23 @@ impl<'a> ScatteredPart<'a> {
         Self {
             values,
             divisor,
-            non_finite: false,
+            found: NonFiniteFound::default(),
         }
     }
+}
+
+/// What a scattered all-reduce found not finite in one part. A NaN or an
+/// infinity among the values summed makes the sum non-finite too, so the
+/// sums are checked, and the values behind a non-finite sum are looked at.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NonFiniteFound {
+    /// Some finished value is not finite (the same on every rank).
+    pub in_sums: bool,
+    /// Some rank contributed a non-finite value (the same on every rank);
+    /// without it, a non-finite sum overflowed.
+    pub in_values: bool,
+    /// This rank's first non-finite value: its element and the value.
+    pub here: Option<(usize, f32)>,
 }
 
 /// A bucket in its wire format, for [`Collective::all_reduce_sum`].

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use half::{bf16, f16};
 
-use super::{CallView, Collective, CollectiveError, ScatteredPart, Tag, WireBuf};
+use super::{CallView, Collective, CollectiveError, NonFiniteFound, ScatteredPart, Tag, WireBuf};
 use crate::finite;
 
 /// Settings of a [`ThreadGroup`].
@@ -122,7 +122,7 @@ impl ThreadGroup {
                 shared: Arc::clone(&shared),
                 peers: Vec::with_capacity(world_size),
                 parts: Vec::new(),
-                flags: Vec::new(),
+                reports: Vec::new(),
                 piece: Vec::with_capacity(world_size),
             })
             .collect()
@@ -141,9 +141,9 @@ pub struct ThreadCollective {
     peers: Vec<usize>,
     /// This rank's part table during an operation (reused).
     parts: Vec<Part>,
-    /// This rank's flag per part, set by whichever rank finds a non-finite
-    /// finished value in it (reused).
-    flags: Vec<AtomicBool>,
+    /// What the summing ranks found not finite, per part of this rank's
+    /// buffer (reused).
+    reports: Vec<Report>,
     /// Scratch for one part of every rank's table (reused).
     piece: Vec<Part>,
 }
@@ -156,10 +156,10 @@ struct Part {
     len: usize,
     /// What the sums are divided by before they are written back.
     divisor: f32,
-    /// Address of the lender's [`AtomicBool`] for this part, set when a
-    /// finished value is not finite; 0 when the sums are not to be checked
-    /// (and then `divisor` is 1).
-    flag: usize,
+    /// Address of the lender's [`Report`] for this part; 0 when the sums
+    /// are not to be checked (and then `divisor` is 1). Only f32 parts are
+    /// checked.
+    report: usize,
 }
 
 impl Part {
@@ -171,7 +171,34 @@ impl Part {
             addr,
             len,
             divisor: 1.0,
-            flag: 0,
+            report: 0,
+        }
+    }
+}
+
+/// What the summing ranks found not finite in one part of a lent buffer
+/// ([`NonFiniteFound`]); written by any rank, read by the lender after the
+/// operation.
+#[derive(Debug, Default)]
+struct Report {
+    in_sums: AtomicBool,
+    in_values: AtomicBool,
+    /// The lender's first non-finite value, by element.
+    here: Mutex<Option<(usize, f32)>>,
+}
+
+impl Report {
+    fn clear(&self) {
+        self.in_sums.store(false, Ordering::Relaxed);
+        self.in_values.store(false, Ordering::Relaxed);
+        *lock(&self.here) = None;
+    }
+
+    fn found(&self) -> NonFiniteFound {
+        NonFiniteFound {
+            in_sums: self.in_sums.load(Ordering::Relaxed),
+            in_values: self.in_values.load(Ordering::Relaxed),
+            here: *lock(&self.here),
         }
     }
 }
@@ -453,18 +480,18 @@ impl ThreadCollective {
 
     /// All-reduce in place of the buffer whose parts `fill` writes into this
     /// rank's (cleared) table, straight out of every rank's buffer (see the
-    /// module docs). A part with a flag gets it set in `self.flags` when a
-    /// finished value is not finite.
+    /// module docs). A part with a report gets in `self.reports` what was
+    /// found not finite in it.
     fn all_reduce_in_place<T: Element>(
         &mut self,
         tag: Tag,
-        fill: impl FnOnce(&mut Vec<Part>, &[AtomicBool]),
+        fill: impl FnOnce(&mut Vec<Part>, &[Report]),
     ) -> Result<(), CollectiveError> {
         let (rank, world) = (self.rank, self.shared.world);
         // From here on the parts are reached only through the lent table.
         let mut table = std::mem::take(&mut self.parts);
         table.clear();
-        fill(&mut table, &self.flags);
+        fill(&mut table, &self.reports);
         let len = table.iter().map(|part| part.len).sum();
         let view = self.view(tag, len, None);
         let mut peers = std::mem::take(&mut self.peers);
@@ -679,13 +706,13 @@ unsafe fn for_each_piece(
 
 /// Sums chunk `range` of the parts `peers` (by rank) in rank order, in
 /// `T::Acc`, finishes the rounded sums as `own` (this rank's part) says, and
-/// writes them to the same chunk of every part, a block at a time. A block
-/// with a non-finite finished value sets every lender's flag of the part.
+/// writes them to the same chunk of every part, a block at a time. A checked
+/// block with a non-finite finished value is reported.
 ///
 /// # Safety
 /// Every part in `peers` must be a live buffer of at least `range.end`
 /// elements of `T`, whose `range` no one else reads or writes meanwhile, and
-/// with a live flag where `own` has one.
+/// with a live report where `own` has one (then `T` is `f32`).
 unsafe fn reduce_chunk<T: Element>(peers: &[Part], own: Part, range: Range<usize>) {
     let mut sums = [T::ACC; BLOCK];
     let mut block = [T::narrow(T::ACC); BLOCK];
@@ -707,11 +734,10 @@ unsafe fn reduce_chunk<T: Element>(peers: &[Part], own: Part, range: Range<usize
             }
         }
         let block = &mut block[..n];
-        if !T::finish(sums, block, own.divisor, own.flag != 0) {
-            for part in peers {
-                // SAFETY: by the contract.
-                unsafe { (*(part.flag as *const AtomicBool)).store(true, Ordering::Relaxed) };
-            }
+        if !T::finish(sums, block, own.divisor, own.report != 0) {
+            debug_assert_eq!(T::NAME, f32::NAME);
+            // SAFETY: by the contract; the values are not written yet.
+            unsafe { report_non_finite(peers, start, n) };
         }
         for part in peers {
             // SAFETY: by the contract; no other slice of this range is alive.
@@ -720,6 +746,41 @@ unsafe fn reduce_chunk<T: Element>(peers: &[Part], own: Part, range: Range<usize
             };
         }
         start += n;
+    }
+}
+
+/// Reports a block of `n` non-finite sums from `start` to every lender, with
+/// whether some rank's values there are not finite, and to each such rank
+/// its first one.
+///
+/// # Safety
+/// Every part in `peers` must be a live buffer of at least `start + n` f32s
+/// with a live report, whose block no one else writes meanwhile.
+unsafe fn report_non_finite(peers: &[Part], start: usize, n: usize) {
+    let mut in_values = false;
+    for part in peers {
+        // SAFETY: by the contract.
+        let (values, report) = unsafe {
+            (
+                std::slice::from_raw_parts((part.addr as *const f32).add(start), n),
+                &*(part.report as *const Report),
+            )
+        };
+        if let Some((index, value)) = finite::first_non_finite(values) {
+            in_values = true;
+            let mut here = lock(&report.here);
+            if here.is_none_or(|(element, _)| start + index < element) {
+                *here = Some((start + index, value));
+            }
+        }
+    }
+    for part in peers {
+        // SAFETY: by the contract.
+        let report = unsafe { &*(part.report as *const Report) };
+        report.in_sums.store(true, Ordering::Relaxed);
+        if in_values {
+            report.in_values.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -754,28 +815,33 @@ impl Collective for ThreadCollective {
         tag: Tag,
         parts: &mut [ScatteredPart<'_>],
     ) -> Result<(), CollectiveError> {
-        if self.flags.len() < parts.len() {
-            self.flags.resize_with(parts.len(), AtomicBool::default);
-        }
-        for flag in &self.flags[..parts.len()] {
-            flag.store(false, Ordering::Relaxed);
+        if self.reports.len() < parts.len() {
+            self.reports.resize_with(parts.len(), Report::default);
         }
         if self.shared.world == 1 {
             for part in parts.iter_mut() {
-                part.non_finite = !finite::scale_in_place_checked(part.values, part.divisor);
+                let here = finite::first_non_finite(part.values);
+                part.found = NonFiniteFound {
+                    in_sums: !finite::scale_in_place_checked(part.values, part.divisor),
+                    in_values: here.is_some(),
+                    here,
+                };
             }
             return Ok(());
         }
-        self.all_reduce_in_place::<f32>(tag, |table, flags| {
-            table.extend(parts.iter_mut().zip(flags).map(|(part, flag)| Part {
+        for report in &self.reports[..parts.len()] {
+            report.clear();
+        }
+        self.all_reduce_in_place::<f32>(tag, |table, reports| {
+            table.extend(parts.iter_mut().zip(reports).map(|(part, report)| Part {
                 addr: part.values.as_mut_ptr() as usize,
                 len: part.values.len(),
                 divisor: part.divisor,
-                flag: flag as *const AtomicBool as usize,
+                report: report as *const Report as usize,
             }))
         })?;
-        for (part, flag) in parts.iter_mut().zip(&self.flags) {
-            part.non_finite = flag.load(Ordering::Relaxed);
+        for (part, report) in parts.iter_mut().zip(&self.reports) {
+            part.found = report.found();
         }
         Ok(())
     }

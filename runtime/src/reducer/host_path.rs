@@ -3,10 +3,11 @@
 //! Each gradient was read to the host when it was taken out of burn (no copy
 //! on a CPU backend). A collective that sums scattered memory (the thread
 //! group) reduces the gradients where they are, when they are not tiny: no
-//! bucket, no copy; each is checked in one read before, and the collective
-//! divides the sums and checks them as it writes them back (except in a lead
-//! bucket averaged over contributors, whose divisors arrive with it: those
-//! are scaled in place after), then handed back in its own buffer. Otherwise (MPI, compressed
+//! bucket, no copy, no pass of the reducer's own: the collective divides the
+//! sums as it writes them back (except in a lead bucket averaged over
+//! contributors, whose divisors arrive with it: those are scaled in place
+//! after), checks them, and looks for the non-finite values behind a
+//! non-finite sum; each gradient is handed back in its own buffer. Otherwise (MPI, compressed
 //! wires, buckets of small gradients) packing copies
 //! each gradient into a reused bucket, checking it in the same pass, and the
 //! sums are checked and scaled in the pass that writes them into the
@@ -23,7 +24,7 @@ use half::{bf16, f16};
 use super::buckets::SlotSpan;
 use super::grads::{self, HostF32, Local};
 use super::{Averaging, NonFinite, Reducer, WireFormat};
-use crate::collective::{Collective, ScatteredPart, Tag, WireBuf};
+use crate::collective::{Collective, NonFiniteFound, ScatteredPart, Tag, WireBuf};
 use crate::error::DdpError;
 use crate::finite;
 use crate::stats::StepStats;
@@ -120,8 +121,8 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
 
     /// [`Self::reduce_on_host`] without a bucket, for a collective that sums
     /// memory wherever it lies: each gradient is summed in its own buffer
-    /// (zeros where this rank has none), checked before, divided and checked
-    /// by the collective, and registered in `out` without a copy.
+    /// (zeros where this rank has none), divided and checked by the
+    /// collective as it is summed, and registered in `out` without a copy.
     fn reduce_scattered(
         &mut self,
         tag: Tag,
@@ -130,26 +131,18 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         stats: &mut StepStats,
         out: &mut GradientsParams,
     ) -> Result<(), DdpError> {
-        let check = self.config.non_finite != NonFinite::Ignore;
-
         let start = Instant::now();
-        let mut grads = Vec::with_capacity(spans.len());
-        for span in spans {
-            let local = self.local[span.slot].take();
-            let present = local.is_some();
-            let mut grad = HostF32::new(local, &self.plan.layout().slots()[span.slot].shape);
-            if check && present && !finite::all_finite(grad.values()) {
-                let (element, value) =
-                    finite::first_non_finite(grad.values()).expect("a non-finite value");
-                self.local_non_finite(span.slot, element, value, stats)?;
-            }
-            grads.push(grad);
-        }
+        let mut grads: Vec<HostF32> = spans
+            .iter()
+            .map(|span| {
+                let local = self.local[span.slot].take();
+                HostF32::new(local, &self.plan.layout().slots()[span.slot].shape)
+            })
+            .collect();
         stats.pack += start.elapsed();
 
-        // The collective divides the sums as it writes them back and flags
-        // non-finite ones, unless the divisors depend on the counts this
-        // bucket carries.
+        // The collective divides the sums as it writes them back, unless the
+        // divisors depend on the counts this bucket carries.
         let finish_in_collective = !(counts && self.config.averaging == Averaging::Contributors);
         let start = Instant::now();
         let mut counts_wire = std::mem::take(&mut self.counts_wire);
@@ -169,7 +162,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             parts.push(ScatteredPart::new(&mut counts_wire, 1.0));
         }
         let result = self.collective.all_reduce_scattered(tag, &mut parts);
-        let non_finite: Vec<bool> = parts.iter().map(|part| part.non_finite).collect();
+        let found: Vec<NonFiniteFound> = parts.iter().map(|part| part.found).collect();
         drop(parts);
         self.counts_wire = counts_wire;
         result?;
@@ -179,25 +172,47 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         stats.all_reduce += start.elapsed();
 
         let start = Instant::now();
-        for ((span, mut grad), non_finite) in spans.iter().zip(grads).zip(non_finite) {
+        if self.config.non_finite != NonFinite::Ignore {
+            self.values_non_finite(tag, spans, &found, stats)?;
+        }
+        for ((span, mut grad), found) in spans.iter().zip(grads).zip(found) {
             if !self.usage.is_global(span.slot) {
                 continue;
             }
-            if finish_in_collective {
-                if check && non_finite {
-                    self.reduced_non_finite(span.slot, grad.values(), stats)?;
-                }
-            } else {
-                let divisor = self.divisor(span.slot);
-                if !check {
-                    finite::scale_in_place(grad.values(), divisor);
-                } else if !finite::scale_in_place_checked(grad.values(), divisor) {
-                    self.reduced_non_finite(span.slot, grad.values(), stats)?;
-                }
+            if !finish_in_collective {
+                finite::scale_in_place(grad.values(), self.divisor(span.slot));
+            }
+            if found.in_sums && self.config.non_finite != NonFinite::Ignore {
+                self.reduced_non_finite(span.slot, grad.values(), stats)?;
             }
             self.register(span.slot, grad, out);
         }
         stats.unpack += start.elapsed();
+        Ok(())
+    }
+
+    /// What a scattered all-reduce found among the values summed: this
+    /// rank's non-finite values, in slot order, as a check before the sum
+    /// would have found them (an error, or counted); and under
+    /// [`NonFinite::Error`], another rank's, which that rank reports: this
+    /// one waits for its word, so that every rank names it.
+    fn values_non_finite(
+        &mut self,
+        tag: Tag,
+        spans: &[SlotSpan],
+        found: &[NonFiniteFound],
+        stats: &mut StepStats,
+    ) -> Result<(), DdpError> {
+        for (span, found) in spans.iter().zip(found) {
+            if let Some((element, value)) = found.here {
+                self.local_non_finite(span.slot, element, value, stats)?;
+            }
+        }
+        if self.config.non_finite == NonFinite::Error && found.iter().any(|found| found.in_values) {
+            // The rank whose value it was fails this step and aborts the
+            // group, which ends this barrier with its report.
+            self.collective.barrier(tag)?;
+        }
         Ok(())
     }
 

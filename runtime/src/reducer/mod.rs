@@ -20,8 +20,10 @@
 //! against its parameter's when it is taken out of burn; NaN and infinities in
 //! this rank's gradients while they are packed (before anything is sent, so
 //! the report names the rank), in a compressed wire buffer right after the
-//! conversion (overflow), and in the reduced sums while they are scaled — see
-//! [`NonFinite`]. A `reduce` with no `forward` since the previous one is an
+//! conversion (overflow), and in the reduced sums while they are scaled. A
+//! collective that sums gradients where they lie checks the sums as it forms
+//! them and looks at the values behind a non-finite one, which names the rank
+//! just as well — see [`NonFinite`]. A `reduce` with no `forward` since the previous one is an
 //! error unless it is [`Reducer::reduce_without_forward`].
 //!
 //! Where buckets live depends on the collective. One that sums host memory
