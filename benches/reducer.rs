@@ -938,7 +938,7 @@ fn bench_recording(settings: &Settings) {
 #[derive(Default)]
 struct CheckRun {
     wall: Vec<Duration>,
-    /// Packing plus unpacking: where the f32 checks run.
+    /// Packing plus unpacking: where the f32 checks run on the packed path.
     pack_unpack: Vec<Duration>,
     all_reduce: Vec<Duration>,
 }
@@ -1068,9 +1068,9 @@ fn bench_non_finite(settings: &Settings) {
         );
     }
     println!(
-        "(f32: each local gradient is read once to check it before it is summed in place, \
-         the reduced sums are checked while they are scaled; f16 packs, checking while it \
-         copies, and adds a scan of the converted wire buffer for overflow, inside \
-         the all-reduce phase)"
+        "(f32: the thread group checks each block of sums as it forms them, and looks at \
+         the gradients behind a non-finite one, inside the all-reduce phase; f16 packs, \
+         checking while it copies, and adds a scan of the converted wire buffer for \
+         overflow, inside the all-reduce phase)"
     );
 }
