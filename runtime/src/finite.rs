@@ -30,23 +30,38 @@ pub(crate) fn copy_checked(src: &[f32], out: &mut [f32]) -> bool {
 /// sum is finite, reading each sum once.
 pub(crate) fn scale_checked(sums: &[f32], divisor: f32, out: &mut [f32]) -> bool {
     debug_assert_eq!(sums.len(), out.len());
-    let mut bad = false;
-    for (sums, out) in sums.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
-        bad |= !all_finite(sums);
-        scale(sums, divisor, out);
+    let pairs = sums.iter().zip(out.iter_mut());
+    match exact_inverse(divisor) {
+        Some(inverse) => map_checked(pairs, |sum| sum * inverse),
+        None => map_checked(pairs, |sum| sum / divisor),
     }
-    !bad
 }
 
 /// Divides `values` by `divisor` in place and says whether every value was
 /// finite, reading each once.
 pub(crate) fn scale_in_place_checked(values: &mut [f32], divisor: f32) -> bool {
-    let mut bad = false;
-    for block in values.chunks_mut(BLOCK) {
-        bad |= !all_finite(block);
-        scale_in_place(block, divisor);
+    let cells = values.iter_mut().map(|value| (*value, value));
+    match exact_inverse(divisor) {
+        Some(inverse) => map_checked(cells, |value| value * inverse),
+        None => map_checked(cells, |value| value / divisor),
     }
-    !bad
+}
+
+/// Writes `f(x)` for every `(x, out)` and says whether every `x` is finite:
+/// one loop, which the compiler vectorizes (the test is on exponent bits,
+/// folded without a branch).
+#[inline(always)]
+fn map_checked<'a>(
+    pairs: impl Iterator<Item = (impl std::borrow::Borrow<f32>, &'a mut f32)>,
+    f: impl Fn(f32) -> f32,
+) -> bool {
+    let mut bad = 0u32;
+    for (x, out) in pairs {
+        let x = *x.borrow();
+        bad |= u32::from(x.to_bits() & F32_EXPONENT == F32_EXPONENT);
+        *out = f(x);
+    }
+    bad == 0
 }
 
 /// Writes `sums / divisor` to `out` (equal lengths).
