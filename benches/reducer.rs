@@ -31,8 +31,8 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use maskddp::{
-    Collective, DdpModel, NonFinite, Op, PlanBuilder, Reducer, ReducerConfig, StepStats, Tag,
-    ThreadGroup, UsageRecord, WireBuf, WireFormat, ddp_model,
+    Collective, DdpModel, NonFinite, Op, PlanBuilder, Reducer, ReducerConfig, ScatteredPart,
+    StepStats, Tag, ThreadGroup, UsageRecord, WireBuf, WireFormat, ddp_model,
 };
 
 #[cfg(feature = "mpi")]
@@ -649,10 +649,24 @@ fn memcpy_rate(bytes: usize, threads: usize, reps: usize) -> f64 {
     (len * 4 * threads) as f64 / best.as_secs_f64()
 }
 
-/// Median over calls of the slowest rank's time for one
-/// `ThreadCollective::all_reduce_sum` of `len` f32 (after a barrier): the
-/// collective alone, without the reducer's packing and unpacking.
-fn raw_all_reduce(world: usize, len: usize, calls: usize) -> Duration {
+/// How the raw all-reduce hands its buffer to the collective.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum RawForm {
+    /// One contiguous buffer, summed as it is
+    /// (`ThreadCollective::all_reduce_sum`).
+    Whole,
+    /// Cut like the model's gradients (weights of `hidden²` elements, biases
+    /// of `hidden`), each part divided by the world size and checked:
+    /// what the reducer asks of the collective
+    /// (`ThreadCollective::all_reduce_scattered`).
+    Scattered { hidden: usize },
+}
+
+/// Median over calls of the slowest rank's time for one all-reduce of `len`
+/// f32 in `form` (after a barrier): the collective alone, without the
+/// reducer. Each rank writes its buffer afresh after every call, as a
+/// backward writes its gradients.
+fn raw_all_reduce(world: usize, len: usize, calls: usize, form: RawForm) -> Duration {
     let handles: Vec<_> = ThreadGroup::new(world)
         .into_iter()
         .map(|mut collective| {
@@ -664,10 +678,25 @@ fn raw_all_reduce(world: usize, len: usize, calls: usize) -> Duration {
                     collective
                         .barrier(Tag::new(step, Op::Barrier))
                         .expect("barrier");
+                    let tag = Tag::new(step, Op::Bucket(0));
                     let start = Instant::now();
-                    collective
-                        .all_reduce_sum(Tag::new(step, Op::Bucket(0)), WireBuf::F32(&mut data))
-                        .expect("all-reduce");
+                    match form {
+                        RawForm::Whole => collective.all_reduce_sum(tag, WireBuf::F32(&mut data)),
+                        RawForm::Scattered { hidden } => {
+                            let mut parts = Vec::new();
+                            let mut rest = data.as_mut_slice();
+                            for size in [hidden * hidden, hidden].into_iter().cycle() {
+                                if rest.is_empty() {
+                                    break;
+                                }
+                                let (part, tail) = rest.split_at_mut(size.min(rest.len()));
+                                parts.push(ScatteredPart::new(part, world as f32));
+                                rest = tail;
+                            }
+                            collective.all_reduce_scattered(tag, &mut parts)
+                        }
+                    }
+                    .expect("all-reduce");
                     let elapsed = start.elapsed();
                     data.fill(1.0);
                     if call >= 3 {
@@ -714,19 +743,21 @@ fn bench_bound(settings: &Settings, results: &[CaseResult], cores: usize) {
         );
     }
     let mut rates: HashMap<(usize, usize), f64> = HashMap::new();
-    let mut raw: HashMap<(usize, usize), Duration> = HashMap::new();
+    let mut raw: HashMap<(usize, usize, RawForm), Duration> = HashMap::new();
     println!(
-        "\n{:>5}  {:<27} {:>8} {:>7} {:>8} {:>8} {:>10} {:>10} {:>13} {:>10}",
+        "\n{:>5}  {:<27} {:>8} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>13} {:>11}",
         "world",
         "variant",
         "N MiB",
         "R GB/s",
         "bound ms",
         "raw ms",
+        "scat ms",
         "allreduce",
         "raw/bound",
+        "scat/bound",
         "allred/bound",
-        "reduce/bnd"
+        "reduce/scat"
     );
     for r in results {
         let n = (r.bytes_sent - r.usage_bytes).round() as usize;
@@ -734,29 +765,39 @@ fn bench_bound(settings: &Settings, results: &[CaseResult], cores: usize) {
         let rate = *rates
             .entry((n, p))
             .or_insert_with(|| memcpy_rate(n, p, settings.memcpy_reps));
-        let raw = *raw
-            .entry((r.world, n))
-            .or_insert_with(|| raw_all_reduce(r.world, n / 4, settings.steps));
+        let mut raw_in = |form| {
+            *raw.entry((r.world, n, form))
+                .or_insert_with(|| raw_all_reduce(r.world, n / 4, settings.steps, form))
+        };
+        let whole = raw_in(RawForm::Whole);
+        let scattered = raw_in(RawForm::Scattered {
+            hidden: settings.hidden,
+        });
         let bound = Duration::from_secs_f64(r.world as f64 * n as f64 / rate);
-        let over = |d: Duration| d.as_secs_f64() / bound.as_secs_f64();
+        let over = |d: Duration, base: Duration| d.as_secs_f64() / base.as_secs_f64();
         println!(
-            "{:>5}  {:<27} {:>8.3} {:>7.1} {:>8.3} {:>8.3} {:>10.3} {:>10.2} {:>13.2} {:>10.2}",
+            "{:>5}  {:<27} {:>8.3} {:>7.1} {:>8.3} {:>8.3} {:>8.3} {:>10.3} {:>10.2} {:>10.2} {:>13.2} {:>11.2}",
             r.world,
             r.variant.name(),
             mib(n as f64),
             rate / 1e9,
             ms(bound),
-            ms(raw),
+            ms(whole),
+            ms(scattered),
             ms(r.all_reduce),
-            over(raw),
-            over(r.all_reduce),
-            over(r.wall),
+            over(whole, bound),
+            over(scattered, bound),
+            over(r.all_reduce, bound),
+            over(r.wall, scattered),
         );
     }
     println!(
         "('raw' = one ThreadCollective::all_reduce_sum of N bytes alone, median of the slowest \
-         rank after a barrier; 'allreduce' = rank 0's median bucket all-reduce time from \
-         StepStats, rendezvous waits included; 'reduce' = the whole reduce() call, slowest rank)"
+         rank after a barrier; 'scat' = the same bytes cut like the model's gradients (weights \
+         of hidden^2, biases of hidden elements), divided by the world size and checked, through \
+         all_reduce_scattered: what the reducer asks of the collective; 'allreduce' = rank 0's \
+         median bucket all-reduce time from StepStats, rendezvous waits included; 'reduce' = \
+         the whole reduce() call, slowest rank)"
     );
 }
 
