@@ -37,6 +37,19 @@ pub(crate) fn scale_checked(sums: &[f32], divisor: f32, out: &mut [f32]) -> bool
     }
 }
 
+/// Writes `(sums + last) / divisor` to `out` (equal lengths; the sum in f32,
+/// then the division) and says whether every total is finite: the last
+/// summand and the averaging of an all-reduce in one loop.
+pub(crate) fn add_scale_checked(sums: &[f32], last: &[f32], divisor: f32, out: &mut [f32]) -> bool {
+    debug_assert!(sums.len() == out.len() && last.len() == out.len());
+    let totals = sums.iter().zip(last).map(|(sum, x)| sum + x);
+    let pairs = totals.zip(out.iter_mut());
+    match exact_inverse(divisor) {
+        Some(inverse) => map_checked(pairs, |total| total * inverse),
+        None => map_checked(pairs, |total| total / divisor),
+    }
+}
+
 /// Divides `values` by `divisor` in place and says whether every value was
 /// finite, reading each once.
 pub(crate) fn scale_in_place_checked(values: &mut [f32], divisor: f32) -> bool {

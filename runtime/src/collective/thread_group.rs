@@ -259,12 +259,22 @@ trait Element: Copy + 'static {
     const NAME: &'static str;
     fn widen(self) -> Self::Acc;
     fn narrow(sum: Self::Acc) -> Self;
-    /// Writes a block of `sums` to `out`, rounded; with `check`, divided by
-    /// `divisor` and saying whether every value is finite. Only summed
-    /// gradients in f32 are checked ([`ScatteredPart`]).
-    fn finish(sums: &[Self::Acc], out: &mut [Self], divisor: f32, check: bool) -> bool {
+    /// Adds the last rank's values `last` to the running `sums` and writes
+    /// the rounded totals to `out`; with `check`, divided by `divisor`, and
+    /// saying whether every total is finite. Only summed gradients in f32
+    /// are checked ([`ScatteredPart`]). One loop, so that finishing a block
+    /// costs no pass of its own.
+    fn finish(
+        sums: &[Self::Acc],
+        last: &[Self],
+        out: &mut [Self],
+        divisor: f32,
+        check: bool,
+    ) -> bool {
         debug_assert!(!check && divisor == 1.0);
-        for (out, &sum) in out.iter_mut().zip(sums) {
+        for ((out, &sum), &x) in out.iter_mut().zip(sums).zip(last) {
+            let mut sum = sum;
+            sum += x.widen();
             *out = Self::narrow(sum);
         }
         true
@@ -286,8 +296,14 @@ macro_rules! element {
                 $narrow(sum)
             }
             $(
-                fn finish(sums: &[$acc], out: &mut [Self], divisor: f32, check: bool) -> bool {
-                    $finish(sums, out, divisor, check)
+                fn finish(
+                    sums: &[$acc],
+                    last: &[Self],
+                    out: &mut [Self],
+                    divisor: f32,
+                    check: bool,
+                ) -> bool {
+                    $finish(sums, last, out, divisor, check)
                 }
             )?
         }
@@ -300,12 +316,14 @@ element!(
     "f32",
     |x| x,
     |x| x,
-    |sums: &[f32], out: &mut [f32], divisor: f32, check: bool| {
+    |sums: &[f32], last: &[f32], out: &mut [f32], divisor: f32, check: bool| {
         if !check {
-            out.copy_from_slice(sums);
+            for ((out, sum), x) in out.iter_mut().zip(sums).zip(last) {
+                *out = sum + x;
+            }
             return true;
         }
-        finite::scale_checked(sums, divisor, out)
+        finite::add_scale_checked(sums, last, divisor, out)
     }
 );
 element!(u32, u32, "u32", |x| x, |x| x);
@@ -720,21 +738,25 @@ unsafe fn reduce_chunk<T: Element>(peers: &[Part], own: Part, range: Range<usize
     while start < range.end {
         let n = BLOCK.min(range.end - start);
         let sums = &mut sums[..n];
-        for (owner, part) in peers.iter().enumerate() {
-            // SAFETY: by the contract; the slice ends before any is written.
-            let part = unsafe { std::slice::from_raw_parts((part.addr as *const T).add(start), n) };
+        // SAFETY: by the contract; the slices end before any is written.
+        let values = |part: &Part| unsafe {
+            std::slice::from_raw_parts((part.addr as *const T).add(start), n)
+        };
+        let (last, first) = peers.split_last().expect("two ranks or more");
+        for (owner, part) in first.iter().enumerate() {
             if owner == 0 {
-                for (sum, x) in sums.iter_mut().zip(part) {
+                for (sum, x) in sums.iter_mut().zip(values(part)) {
                     *sum = x.widen();
                 }
             } else {
-                for (sum, x) in sums.iter_mut().zip(part) {
+                for (sum, x) in sums.iter_mut().zip(values(part)) {
                     *sum += x.widen();
                 }
             }
         }
         let block = &mut block[..n];
-        if !T::finish(sums, block, own.divisor, own.report != 0) {
+        // The last rank's values complete the sums on their way out.
+        if !T::finish(sums, values(last), block, own.divisor, own.report != 0) {
             debug_assert_eq!(T::NAME, f32::NAME);
             // SAFETY: by the contract; the values are not written yet.
             unsafe { report_non_finite(peers, start, n) };
