@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use half::{bf16, f16};
+use half::slice::HalfFloatSliceExt;
 
 use super::buckets::SlotSpan;
 use super::grads::{self, HostF32, Local};
@@ -233,40 +233,50 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         spans: &[SlotSpan],
         stats: &mut StepStats,
     ) -> Result<(), DdpError> {
-        let check = self.config.non_finite != NonFinite::Ignore;
         match self.config.wire {
             WireFormat::F32 => self.collective.all_reduce_sum(tag, WireBuf::F32(values))?,
             WireFormat::Bf16 => {
                 let mut wire = std::mem::take(&mut self.wire_bf16);
-                wire.clear();
-                wire.extend(values.iter().map(|&x| bf16::from_f32(x)));
-                if check && finite::any_infinite(&wire) {
-                    self.wire_overflow(values, &wire, spans, stats)?;
-                }
                 let result = self
-                    .collective
-                    .all_reduce_sum(tag, WireBuf::Bf16(&mut wire));
-                for (out, x) in values.iter_mut().zip(&wire) {
-                    *out = x.to_f32();
-                }
+                    .all_reduce_half(tag, values, &mut wire, spans, stats, |w| WireBuf::Bf16(w));
                 self.wire_bf16 = wire;
                 result?;
             }
             WireFormat::F16 => {
                 let mut wire = std::mem::take(&mut self.wire_f16);
-                wire.clear();
-                wire.extend(values.iter().map(|&x| f16::from_f32(x)));
-                if check && finite::any_infinite(&wire) {
-                    self.wire_overflow(values, &wire, spans, stats)?;
-                }
-                let result = self.collective.all_reduce_sum(tag, WireBuf::F16(&mut wire));
-                for (out, x) in values.iter_mut().zip(&wire) {
-                    *out = x.to_f32();
-                }
+                let result =
+                    self.all_reduce_half(tag, values, &mut wire, spans, stats, |w| WireBuf::F16(w));
                 self.wire_f16 = wire;
                 result?;
             }
         }
         Ok(())
+    }
+
+    /// [`Self::all_reduce_wire`] in a 16-bit format: `values` converted into
+    /// `wire` (whole slices at a time, which uses the CPU's conversion
+    /// instructions where it has them), checked for overflow, all-reduced,
+    /// and converted back.
+    fn all_reduce_half<H: finite::Half + Default>(
+        &mut self,
+        tag: Tag,
+        values: &mut [f32],
+        wire: &mut Vec<H>,
+        spans: &[SlotSpan],
+        stats: &mut StepStats,
+        wrap: for<'a> fn(&'a mut [H]) -> WireBuf<'a>,
+    ) -> Result<(), DdpError>
+    where
+        [H]: HalfFloatSliceExt,
+    {
+        wire.clear();
+        wire.resize(values.len(), H::default());
+        wire.convert_from_f32_slice(values);
+        if self.config.non_finite != NonFinite::Ignore && finite::any_infinite(wire) {
+            self.wire_overflow(values, wire, spans, stats)?;
+        }
+        let result = self.collective.all_reduce_sum(tag, wrap(wire));
+        wire.convert_to_f32_slice(values);
+        Ok(result?)
     }
 }
