@@ -24,11 +24,12 @@
 //! BENCHMARKS.md). The same all-gather is the barrier.
 //!
 //! **Sums.** f32 and u32 are summed in place (`MPI_IN_PLACE`). bf16 and f16
-//! are widened into a reused f32 buffer, summed in f32 and rounded once, as
-//! the thread group does; the order of the additions is MPI's, so the result
-//! equals the thread group's wherever the f32 sum is exact. MPI's reduction
-//! algorithms combine the same partial sums on every rank, and the tests
-//! check that every rank ends with the same bits.
+//! travel as they are, two bytes per element, and are summed by a
+//! user-defined MPI operation that adds each pair in f32 and rounds back (MPI
+//! has no 16-bit float sum); so each combination rounds, where the thread
+//! group rounds once, and the order of the additions is MPI's. MPI's
+//! reduction algorithms combine the same partial sums on every rank, and the
+//! tests check that every rank ends with the same bits.
 
 mod raw;
 
@@ -38,7 +39,6 @@ use std::time::{Duration, Instant};
 use ::mpi::Threading;
 use ::mpi::datatype::Equivalence;
 use ::mpi::environment::Universe;
-use half::{bf16, f16};
 
 use super::{CallView, Collective, CollectiveError, Tag, WireBuf, calls};
 
@@ -110,8 +110,6 @@ pub struct MpiCollective {
     failure: Option<CollectiveError>,
     /// Every rank's call words, gathered before each operation.
     gathered: Vec<u64>,
-    /// bf16 and f16 buckets, widened.
-    widened: Vec<f32>,
     // Last: MPI is finalised after the communicator is freed.
     _universe: Universe,
 }
@@ -156,7 +154,6 @@ impl MpiCollective {
             },
             failure: None,
             gathered: Vec::new(),
-            widened: Vec::new(),
             _universe: universe,
         })
     }
@@ -181,23 +178,6 @@ impl MpiCollective {
     /// Keeps `err` as the group's failure (every later call returns it).
     fn fail(&mut self, err: CollectiveError) -> CollectiveError {
         self.failure.get_or_insert(err).clone()
-    }
-
-    /// Sums a compressed buffer in f32 and rounds once.
-    fn sum_widened<H: Copy>(
-        &mut self,
-        tag: Tag,
-        data: &mut [H],
-        start: Instant,
-        widen: fn(H) -> f32,
-        narrow: fn(f32) -> H,
-    ) {
-        self.widened.clear();
-        self.widened.extend(data.iter().map(|&x| widen(x)));
-        self.link.sum(tag, &mut self.widened, start);
-        for (out, &sum) in data.iter_mut().zip(&self.widened) {
-            *out = narrow(sum);
-        }
     }
 }
 
@@ -255,6 +235,14 @@ impl Link {
             self.wait(tag, request, start);
         }
     }
+
+    fn sum_halves<H: raw::Half>(&self, tag: Tag, data: &mut [H], start: Instant) {
+        for part in data.chunks_mut(raw::MAX_COUNT) {
+            // SAFETY: as in `sum`.
+            let request = unsafe { self.comm.sum_halves_in_place(part) };
+            self.wait(tag, request, start);
+        }
+    }
 }
 
 impl Collective for MpiCollective {
@@ -274,8 +262,8 @@ impl Collective for MpiCollective {
         self.agree(self.link.call(tag, data.len(), None), start)?;
         match data {
             WireBuf::F32(data) => self.link.sum(tag, data, start),
-            WireBuf::Bf16(data) => self.sum_widened(tag, data, start, bf16::to_f32, bf16::from_f32),
-            WireBuf::F16(data) => self.sum_widened(tag, data, start, f16::to_f32, f16::from_f32),
+            WireBuf::Bf16(data) => self.link.sum_halves(tag, data, start),
+            WireBuf::F16(data) => self.link.sum_halves(tag, data, start),
         }
         Ok(())
     }

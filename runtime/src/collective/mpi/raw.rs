@@ -1,11 +1,14 @@
 //! The raw MPI calls the safe rsmpi API lacks: non-blocking collectives on
-//! buffers that stay borrowed until completion, in place, and polling them.
+//! buffers that stay borrowed until completion, in place, and polling them;
+//! and sums of 16-bit floats, which MPI has no operation for.
 //!
 //! rsmpi exports no `MPI_IN_PLACE` (a macro in `mpi.h` whose value differs
 //! between implementations), so [`Comm::new`] derives it from the library's
 //! version string.
 
 use std::ffi::{c_int, c_void};
+
+use half::{bf16, f16};
 
 use ::mpi::collective::SystemOperation;
 use ::mpi::datatype::Equivalence;
@@ -22,6 +25,9 @@ pub(super) const MAX_COUNT: usize = c_int::MAX as usize;
 pub(super) struct Comm {
     comm: SimpleCommunicator,
     in_place: *mut c_void,
+    /// User-defined sums of bf16 and of f16 ([`sum_halves`]).
+    bf16_sum: ffi::MPI_Op,
+    f16_sum: ffi::MPI_Op,
 }
 
 // SAFETY: `SimpleCommunicator` is `!Send` only because it holds a raw MPI
@@ -58,6 +64,8 @@ impl Comm {
         Ok(Self {
             comm: world.duplicate(),
             in_place: in_place as *mut c_void,
+            bf16_sum: half_sum(sum_halves::<bf16>),
+            f16_sum: half_sum(sum_halves::<f16>),
         })
     }
 
@@ -88,6 +96,30 @@ impl Comm {
                     count(data.len()),
                     T::equivalent_datatype().as_raw(),
                     SystemOperation::sum().as_raw(),
+                    self.comm.as_raw(),
+                    request,
+                )
+            }
+        })
+    }
+
+    /// Starts an in-place element-wise sum of 16-bit floats over all ranks:
+    /// two bytes per element on the wire, each pair added in f32 and rounded
+    /// back.
+    ///
+    /// # Safety
+    /// As [`Self::sum_in_place`].
+    pub(super) unsafe fn sum_halves_in_place<H: Half>(&self, data: &mut [H]) -> Request {
+        let op = H::sum(self);
+        self.start(|request| {
+            // SAFETY: as above; `H` is two bytes, read by `op` as `H`.
+            unsafe {
+                ffi::MPI_Iallreduce(
+                    self.in_place,
+                    data.as_mut_ptr().cast(),
+                    count(data.len()),
+                    u16::equivalent_datatype().as_raw(),
+                    op,
                     self.comm.as_raw(),
                     request,
                 )
@@ -190,6 +222,85 @@ impl Comm {
         // completes, and testing a null request reports completion.
         unsafe { ffi::MPI_Test(&mut request.0, &mut done, ffi::RSMPI_STATUS_IGNORE) };
         done != 0
+    }
+}
+
+impl Drop for Comm {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`, freed once; MPI is still initialised (the
+        // owner finalises it after dropping this).
+        unsafe {
+            ffi::MPI_Op_free(&mut self.bf16_sum);
+            ffi::MPI_Op_free(&mut self.f16_sum);
+        }
+    }
+}
+
+/// A 16-bit float type MPI sums with a user-defined operation.
+pub(super) trait Half: Copy {
+    fn to_f32(self) -> f32;
+    fn from_f32(value: f32) -> Self;
+    /// This type's sum operation on `comm`.
+    fn sum(comm: &Comm) -> ffi::MPI_Op;
+}
+
+impl Half for bf16 {
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    fn from_f32(value: f32) -> Self {
+        bf16::from_f32(value)
+    }
+    fn sum(comm: &Comm) -> ffi::MPI_Op {
+        comm.bf16_sum
+    }
+}
+
+impl Half for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn from_f32(value: f32) -> Self {
+        f16::from_f32(value)
+    }
+    fn sum(comm: &Comm) -> ffi::MPI_Op {
+        comm.f16_sum
+    }
+}
+
+/// A commutative MPI operation running `function`.
+fn half_sum(
+    function: unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_int, *mut ffi::MPI_Datatype),
+) -> ffi::MPI_Op {
+    // SAFETY: an operation handle to be overwritten; `function` is a valid
+    // MPI user function (it neither panics nor unwinds).
+    unsafe {
+        let mut op: ffi::MPI_Op = std::mem::zeroed();
+        ffi::MPI_Op_create(Some(function), 1, &mut op);
+        op
+    }
+}
+
+/// MPI's user function for [`Half`] sums: `inout[i] = in[i] + inout[i]`,
+/// added in f32 and rounded back (the same on every rank that combines the
+/// same two values, whichever is `in`).
+unsafe extern "C" fn sum_halves<H: Half>(
+    input: *mut c_void,
+    inout: *mut c_void,
+    len: *mut c_int,
+    _datatype: *mut ffi::MPI_Datatype,
+) {
+    // SAFETY: MPI passes two buffers of `*len` elements of the datatype the
+    // operation was called with, two-byte elements of `H`.
+    let (input, inout) = unsafe {
+        let len = usize::try_from(*len).unwrap_or(0);
+        (
+            std::slice::from_raw_parts(input as *const H, len),
+            std::slice::from_raw_parts_mut(inout as *mut H, len),
+        )
+    };
+    for (inout, input) in inout.iter_mut().zip(input) {
+        *inout = H::from_f32(input.to_f32() + inout.to_f32());
     }
 }
 
