@@ -215,11 +215,14 @@ fn compressed_sums(c: &mut Checker) {
     );
     c.assert_same_everywhere(&half_bits(&wire), "f16 sums of exact values");
 
-    // Arbitrary values: bit-identical on every rank.
-    let mut wire: Vec<bf16> = (0..len).map(|_| bf16::from_f32(rng.signed())).collect();
-    let tag = c.tag();
-    c.mpi.all_reduce_sum(tag, WireBuf::Bf16(&mut wire)).unwrap();
-    c.assert_same_everywhere(&half_bits(&wire), "bf16 sums");
+    // Arbitrary values, short and long (MPI picks its algorithm by size):
+    // bit-identical on every rank.
+    for len in [len, 1 << 20] {
+        let mut wire: Vec<bf16> = (0..len).map(|_| bf16::from_f32(rng.signed())).collect();
+        let tag = c.tag();
+        c.mpi.all_reduce_sum(tag, WireBuf::Bf16(&mut wire)).unwrap();
+        c.assert_same_everywhere(&half_bits(&wire), &format!("bf16 sums of {len}"));
+    }
     assert!(world >= 2);
 }
 
