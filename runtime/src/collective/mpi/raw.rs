@@ -87,20 +87,16 @@ impl Comm {
     /// # Safety
     /// `data` must stay alive and untouched until the request completes.
     pub(super) unsafe fn sum_in_place<T: Equivalence>(&self, data: &mut [T]) -> Request {
-        self.start(|request| {
-            // SAFETY: the caller keeps `data` alive; the count fits (checked).
-            unsafe {
-                ffi::MPI_Iallreduce(
-                    self.in_place,
-                    data.as_mut_ptr().cast(),
-                    count(data.len()),
-                    T::equivalent_datatype().as_raw(),
-                    SystemOperation::sum().as_raw(),
-                    self.comm.as_raw(),
-                    request,
-                )
-            }
-        })
+        let datatype = T::equivalent_datatype().as_raw();
+        // SAFETY: as this function's contract; MPI's sum fits every type.
+        unsafe {
+            self.reduce_in_place(
+                data.as_mut_ptr().cast(),
+                data.len(),
+                datatype,
+                SystemOperation::sum().as_raw(),
+            )
+        }
     }
 
     /// Starts an in-place element-wise sum of 16-bit floats over all ranks:
@@ -110,15 +106,35 @@ impl Comm {
     /// # Safety
     /// As [`Self::sum_in_place`].
     pub(super) unsafe fn sum_halves_in_place<H: Half>(&self, data: &mut [H]) -> Request {
-        let op = H::sum(self);
+        let datatype = u16::equivalent_datatype().as_raw();
+        // SAFETY: as this function's contract; `H` is two bytes, which the
+        // operation reads as `H`.
+        unsafe {
+            self.reduce_in_place(data.as_mut_ptr().cast(), data.len(), datatype, H::sum(self))
+        }
+    }
+
+    /// Starts an in-place all-reduce with `op` of `len` elements of
+    /// `datatype` at `data`.
+    ///
+    /// # Safety
+    /// The elements must stay alive and untouched until the request
+    /// completes, and `op` must apply to `datatype`.
+    unsafe fn reduce_in_place(
+        &self,
+        data: *mut c_void,
+        len: usize,
+        datatype: ffi::MPI_Datatype,
+        op: ffi::MPI_Op,
+    ) -> Request {
         self.start(|request| {
-            // SAFETY: as above; `H` is two bytes, read by `op` as `H`.
+            // SAFETY: by the contract; the count fits (checked).
             unsafe {
                 ffi::MPI_Iallreduce(
                     self.in_place,
-                    data.as_mut_ptr().cast(),
-                    count(data.len()),
-                    u16::equivalent_datatype().as_raw(),
+                    data,
+                    count(len),
+                    datatype,
                     op,
                     self.comm.as_raw(),
                     request,
@@ -244,29 +260,24 @@ pub(super) trait Half: Copy {
     fn sum(comm: &Comm) -> ffi::MPI_Op;
 }
 
-impl Half for bf16 {
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-    fn from_f32(value: f32) -> Self {
-        bf16::from_f32(value)
-    }
-    fn sum(comm: &Comm) -> ffi::MPI_Op {
-        comm.bf16_sum
-    }
+macro_rules! half {
+    ($ty:ty, $sum:ident) => {
+        impl Half for $ty {
+            fn to_f32(self) -> f32 {
+                <$ty>::to_f32(self)
+            }
+            fn from_f32(value: f32) -> Self {
+                <$ty>::from_f32(value)
+            }
+            fn sum(comm: &Comm) -> ffi::MPI_Op {
+                comm.$sum
+            }
+        }
+    };
 }
 
-impl Half for f16 {
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-    fn from_f32(value: f32) -> Self {
-        f16::from_f32(value)
-    }
-    fn sum(comm: &Comm) -> ffi::MPI_Op {
-        comm.f16_sum
-    }
-}
+half!(bf16, bf16_sum);
+half!(f16, f16_sum);
 
 /// A commutative MPI operation running `function`.
 fn half_sum(
