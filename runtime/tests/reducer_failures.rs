@@ -541,6 +541,22 @@ fn two_nans(rank: usize, step: u64, model: &Moe<Ad>, grads: &mut GradientsParams
     }
 }
 
+/// Under `Warn`, [`two_nans`] is counted as two parameters on rank 2 at step
+/// 3, and as two non-finite reduced gradients on every rank at that step (a
+/// NaN summand makes the sum NaN); nothing at the other steps.
+fn assert_two_nans_counted(results: &[RankResult<Result<Vec<StepStats>, DdpError>>], what: &str) {
+    for (rank, result) in results.iter().enumerate() {
+        for (index, stats) in stats_of(result).iter().enumerate() {
+            let step = index as u64 + 1;
+            let local = if rank == 2 && step == 3 { 2 } else { 0 };
+            let reduced = if step == 3 { 2 } else { 0 };
+            let context = format!("{what}: rank {rank} step {step}");
+            assert_eq!(stats.non_finite_local, local, "{context}");
+            assert_eq!(stats.non_finite_reduced, reduced, "{context}");
+        }
+    }
+}
+
 #[test]
 fn a_non_finite_gradient_fails_the_step_naming_the_first_path_and_the_rank() {
     let results = run_altered(3, ReducerConfig::default(), 4, two_nans);
@@ -591,16 +607,9 @@ fn a_non_finite_gradient_fails_the_step_naming_the_first_path_and_the_rank() {
 fn a_non_finite_gradient_is_counted_under_warn_and_passes_under_ignore() {
     let config = ReducerConfig::default().with_non_finite(NonFinite::Warn);
     let results = run_altered(3, config, 4, two_nans);
-    for (rank, result) in results.iter().enumerate() {
+    assert_two_nans_counted(&results, "packed");
+    for result in &results {
         let stats = stats_of(result);
-        for (index, stats) in stats.iter().enumerate() {
-            let step = index as u64 + 1;
-            let local = if rank == 2 && step == 3 { 2 } else { 0 };
-            // A NaN summand makes the sum NaN on every rank.
-            let reduced = if step == 3 { 2 } else { 0 };
-            assert_eq!(stats.non_finite_local, local, "rank {rank} step {step}");
-            assert_eq!(stats.non_finite_reduced, reduced, "rank {rank} step {step}");
-        }
         assert!(
             stats[2].to_string().contains("non-finite gradients"),
             "{}",
@@ -653,19 +662,8 @@ fn non_finite_gradients_summed_where_they_lie_are_reported_alike() {
         let config = ReducerConfig::default()
             .with_averaging(averaging)
             .with_non_finite(NonFinite::Warn);
-        for (rank, result) in run_altered_wide(3, config, 4, WIDE, two_nans)
-            .iter()
-            .enumerate()
-        {
-            for (index, stats) in stats_of(result).iter().enumerate() {
-                let step = index as u64 + 1;
-                let local = if rank == 2 && step == 3 { 2 } else { 0 };
-                let reduced = if step == 3 { 2 } else { 0 };
-                let context = format!("{averaging}: rank {rank} step {step}");
-                assert_eq!(stats.non_finite_local, local, "{context}");
-                assert_eq!(stats.non_finite_reduced, reduced, "{context}");
-            }
-        }
+        let results = run_altered_wide(3, config, 4, WIDE, two_nans);
+        assert_two_nans_counted(&results, &averaging.to_string());
 
         let config = ReducerConfig::default().with_averaging(averaging);
         let results = run_altered_wide(3, config, 2, WIDE, |_, step, model, grads| {

@@ -734,6 +734,7 @@ unsafe fn for_each_piece(
 unsafe fn reduce_chunk<T: Element>(peers: &[Part], own: Part, range: Range<usize>) {
     let mut sums = [T::ACC; BLOCK];
     let mut block = [T::narrow(T::ACC); BLOCK];
+    let (last, first) = peers.split_last().expect("two ranks or more");
     let mut start = range.start;
     while start < range.end {
         let n = BLOCK.min(range.end - start);
@@ -742,7 +743,6 @@ unsafe fn reduce_chunk<T: Element>(peers: &[Part], own: Part, range: Range<usize
         let values = |part: &Part| unsafe {
             std::slice::from_raw_parts((part.addr as *const T).add(start), n)
         };
-        let (last, first) = peers.split_last().expect("two ranks or more");
         for (owner, part) in first.iter().enumerate() {
             if owner == 0 {
                 for (sum, x) in sums.iter_mut().zip(values(part)) {
@@ -837,9 +837,6 @@ impl Collective for ThreadCollective {
         tag: Tag,
         parts: &mut [ScatteredPart<'_>],
     ) -> Result<(), CollectiveError> {
-        if self.reports.len() < parts.len() {
-            self.reports.resize_with(parts.len(), Report::default);
-        }
         if self.shared.world == 1 {
             for part in parts.iter_mut() {
                 let here = finite::first_non_finite(part.values);
@@ -850,6 +847,9 @@ impl Collective for ThreadCollective {
                 };
             }
             return Ok(());
+        }
+        if self.reports.len() < parts.len() {
+            self.reports.resize_with(parts.len(), Report::default);
         }
         for report in &self.reports[..parts.len()] {
             report.clear();

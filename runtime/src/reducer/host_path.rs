@@ -7,9 +7,9 @@
 //! sums as it writes them back (except in a lead bucket averaged over
 //! contributors, whose divisors arrive with it: those are scaled in place
 //! after), checks them, and looks for the non-finite values behind a
-//! non-finite sum; each gradient is handed back in its own buffer. Otherwise (MPI, compressed
-//! wires, buckets of small gradients) packing copies
-//! each gradient into a reused bucket, checking it in the same pass, and the
+//! non-finite sum; each gradient is handed back in its own buffer. Otherwise
+//! (MPI, compressed wires, buckets of small gradients) packing copies each
+//! gradient into a reused bucket, checking it in the same pass, and the
 //! sums are checked and scaled in the pass that writes them into the
 //! gradients' own buffers. On a CPU backend both are faster than packing
 //! with tensor ops (NdArray's `reshape` and `cat` copy through generic loops:
@@ -131,6 +131,8 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         stats: &mut StepStats,
         out: &mut GradientsParams,
     ) -> Result<(), DdpError> {
+        let check = self.config.non_finite != NonFinite::Ignore;
+
         let start = Instant::now();
         let mut grads: Vec<HostF32> = spans
             .iter()
@@ -172,7 +174,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         stats.all_reduce += start.elapsed();
 
         let start = Instant::now();
-        if self.config.non_finite != NonFinite::Ignore {
+        if check {
             self.values_non_finite(tag, spans, &found, stats)?;
         }
         for ((span, mut grad), found) in spans.iter().zip(grads).zip(found) {
@@ -182,7 +184,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             if !finish_in_collective {
                 finite::scale_in_place(grad.values(), self.divisor(span.slot));
             }
-            if found.in_sums && self.config.non_finite != NonFinite::Ignore {
+            if check && found.in_sums {
                 self.reduced_non_finite(span.slot, grad.values(), stats)?;
             }
             self.register(span.slot, grad, out);

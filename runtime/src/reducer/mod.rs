@@ -23,8 +23,8 @@
 //! conversion (overflow), and in the reduced sums while they are scaled. A
 //! collective that sums gradients where they lie checks the sums as it forms
 //! them and looks at the values behind a non-finite one, which names the rank
-//! just as well — see [`NonFinite`]. A `reduce` with no `forward` since the previous one is an
-//! error unless it is [`Reducer::reduce_without_forward`].
+//! just as well — see [`NonFinite`]. A `reduce` with no `forward` since the
+//! previous one is an error unless it is [`Reducer::reduce_without_forward`].
 //!
 //! Where buckets live depends on the collective. One that sums host memory
 //! (the thread group, MPI) gets a host bucket packed from the gradients read
