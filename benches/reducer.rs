@@ -1,17 +1,18 @@
 //! Benchmarks of maskddp (SPEC §7): the mask-aware reducer against a dense
 //! all-reduce of the same model, against the memory-bandwidth bound of the
-//! machine, the cost of usage recording per forward, and the cost of the
-//! non-finite checks.
+//! machine, the cost of usage recording per forward, the cost of the
+//! non-finite checks, and the gain of pipelining packed buckets.
 //!
 //! ```text
 //! cargo bench --bench reducer              # full run (about a minute on 2 cores)
 //! cargo bench --bench reducer -- --quick   # fewer steps and repetitions
 //! cargo bench --bench reducer -- --only 3  # only the recording benchmark
 //! cargo bench --bench reducer -- --only 4  # only the non-finite checks
+//! cargo bench --bench reducer -- --only 5  # only the pipelining of packed buckets
 //! cargo bench --bench reducer -- --only 1 --hidden 16   # a small model: latency
 //!
 //! cargo bench --bench reducer --features mpi --no-run   # prints the binary's path
-//! mpirun -np 4 <that path> --quick   # sections 1 and 2, one rank per process
+//! mpirun -np 4 <that path> --quick   # sections 1, 2 and 5, one rank per process
 //! ```
 //!
 //! Every number is reported as a ratio against a baseline measured in the same
@@ -31,8 +32,8 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use maskddp::{
-    Collective, DdpModel, NonFinite, Op, PlanBuilder, Reducer, ReducerConfig, ScatteredPart,
-    StepStats, Tag, ThreadGroup, UsageRecord, WireBuf, WireFormat, ddp_model,
+    Collective, DdpModel, NonFinite, Op, Pipeline, PlanBuilder, Reducer, ReducerConfig,
+    ScatteredPart, StepStats, Tag, ThreadGroup, UsageRecord, WireBuf, WireFormat, ddp_model,
 };
 
 #[cfg(feature = "mpi")]
@@ -234,7 +235,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "usage: cargo bench --bench reducer [-- [--quick] [--only 1|2|3|4] [--hidden N]]\n  \
+            "usage: cargo bench --bench reducer [-- [--quick] [--only 1|2|3|4|5] [--hidden N]]\n  \
              --quick     fewer steps and repetitions\n  \
              --only N    run only section N (1 and 2 run together)\n  \
              --hidden N  width of the section 1 and 2 models (default 256; a small one \
@@ -282,6 +283,9 @@ fn main() {
     }
     if only.is_none_or(|v| v == "4") {
         bench_non_finite(&settings);
+    }
+    if only.is_none_or(|v| v == "5") {
+        bench_pipeline(&settings);
     }
     println!(
         "\ntotal benchmark time {:.1?}; load average at end: {}",
@@ -401,13 +405,14 @@ fn rank_loop<M, C: Collective>(
     model: M,
     collective: C,
     settings: Settings,
+    config: ReducerConfig,
     forward: impl Fn(&M, Tensor<Ad, 2>, usize) -> Tensor<Ad, 2>,
 ) -> RankRun
 where
     M: DdpModel<Ad> + AutodiffModule<Ad>,
 {
     let device = Default::default();
-    let (model, mut reducer) = Reducer::new(model, collective, ReducerConfig::default())
+    let (model, mut reducer) = Reducer::new(model, collective, config)
         .unwrap_or_else(|e| panic!("reducer set-up failed: {e}"));
     let x = Tensor::<Ad, 2>::random(
         [settings.batch, settings.hidden],
@@ -444,6 +449,7 @@ fn run_variant<C: Collective>(
             MoeNet::<Ad>::new(settings.hidden, experts, &device),
             collective,
             settings,
+            ReducerConfig::default(),
             move |m, x, step| {
                 // Every rank a different expert; the head on some steps of
                 // some ranks.
@@ -457,6 +463,7 @@ fn run_variant<C: Collective>(
                 MoeNet::<Ad>::new(settings.hidden, experts, &device),
                 collective,
                 settings,
+                ReducerConfig::default(),
                 move |m, x, _| m.forward(x, &all, true),
             )
         }
@@ -466,7 +473,13 @@ fn run_variant<C: Collective>(
                 !model.usage_plan().has_conditional(),
                 "the dense baseline must have no conditional slot"
             );
-            rank_loop(model, collective, settings, |m, x, _| m.forward(x))
+            rank_loop(
+                model,
+                collective,
+                settings,
+                ReducerConfig::default(),
+                |m, x, _| m.forward(x),
+            )
         }
     }
 }
@@ -977,41 +990,41 @@ fn bench_recording(settings: &Settings) {
 
 /// Per step, one rank's timings of one reducer.
 #[derive(Default)]
-struct CheckRun {
+struct PairedRun {
     wall: Vec<Duration>,
     /// Packing plus unpacking: where the f32 checks run on the packed path.
     pack_unpack: Vec<Duration>,
     all_reduce: Vec<Duration>,
+    buckets: Vec<usize>,
 }
 
 /// The dense model on `world` ranks, reduced every step by two reducers that
-/// differ only in `non_finite`: `Error` (the default: checks on) and
-/// `Ignore` (no check). Each rank holds both, on two separate thread groups,
-/// and alternates which one goes first, so both see the same machine state.
-/// Returns, per reducer (checked first), every rank's run.
-fn run_check_case(settings: &Settings, world: usize, wire: WireFormat) -> [Vec<CheckRun>; 2] {
+/// differ only in their `configs`. Each rank holds both, on two separate
+/// thread groups, and alternates which one goes first, so both see the same
+/// machine state. Returns, per reducer, every rank's run.
+fn run_paired(
+    settings: &Settings,
+    world: usize,
+    configs: [ReducerConfig; 2],
+) -> [Vec<PairedRun>; 2] {
     let settings = *settings;
-    let checked = ThreadGroup::new(world);
-    let unchecked = ThreadGroup::new(world);
-    let handles: Vec<_> = checked
+    let handles: Vec<_> = ThreadGroup::new(world)
         .into_iter()
-        .zip(unchecked)
+        .zip(ThreadGroup::new(world))
         .enumerate()
-        .map(|(rank, (checked, unchecked))| {
+        .map(|(rank, (first, second))| {
             thread::Builder::new()
                 .name(format!("rank-{rank}"))
                 .spawn(move || {
                     let device = Default::default();
                     <Ad as Backend>::seed(&device, 11 + rank as u64);
                     let model = DenseMoeNet::<Ad>::new(settings.hidden, settings.experts, &device);
-                    let config = ReducerConfig::default().with_wire(wire);
-                    let (model, checked) =
-                        Reducer::new(model, checked, config).expect("set-up (checked)");
-                    let config = config.with_non_finite(NonFinite::Ignore);
-                    let (model, unchecked) =
-                        Reducer::new(model, unchecked, config).expect("set-up (unchecked)");
-                    let mut reducers = [checked, unchecked];
-                    let mut runs = [CheckRun::default(), CheckRun::default()];
+                    let (model, first) =
+                        Reducer::new(model, first, configs[0]).expect("set-up (first)");
+                    let (model, second) =
+                        Reducer::new(model, second, configs[1]).expect("set-up (second)");
+                    let mut reducers = [first, second];
+                    let mut runs = [PairedRun::default(), PairedRun::default()];
                     let x = Tensor::<Ad, 2>::random(
                         [settings.batch, settings.hidden],
                         Distribution::Uniform(-1.0, 1.0),
@@ -1027,6 +1040,7 @@ fn run_check_case(settings: &Settings, world: usize, wire: WireFormat) -> [Vec<C
                                 runs[which].wall.push(wall);
                                 runs[which].pack_unpack.push(stats.pack + stats.unpack);
                                 runs[which].all_reduce.push(stats.all_reduce);
+                                runs[which].buckets.push(stats.buckets);
                             }
                         }
                     }
@@ -1035,13 +1049,33 @@ fn run_check_case(settings: &Settings, world: usize, wire: WireFormat) -> [Vec<C
                 .expect("spawn rank")
         })
         .collect();
-    let mut out: [Vec<CheckRun>; 2] = [Vec::new(), Vec::new()];
+    let mut out: [Vec<PairedRun>; 2] = [Vec::new(), Vec::new()];
     for handle in handles {
-        let [checked, unchecked] = handle.join().expect("rank panicked");
-        out[0].push(checked);
-        out[1].push(unchecked);
+        let [first, second] = handle.join().expect("rank panicked");
+        out[0].push(first);
+        out[1].push(second);
     }
     out
+}
+
+/// Per step, the slowest rank's wall time.
+fn slowest(runs: &[PairedRun]) -> Vec<Duration> {
+    (0..runs[0].wall.len())
+        .map(|s| runs.iter().map(|r| r.wall[s]).max().expect("ranks"))
+        .collect()
+}
+
+/// The median over steps of `a / b` in the same step. Steps are paired (the
+/// two reducers run back to back), so drift of the machine between steps
+/// cancels.
+fn paired_ratio(a: &[Duration], b: &[Duration]) -> f64 {
+    let mut ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
 }
 
 fn bench_non_finite(settings: &Settings) {
@@ -1074,44 +1108,89 @@ fn bench_non_finite(settings: &Settings) {
         "allred off",
         "ratio"
     );
-    // Steps are paired (the two reducers run back to back), so each ratio is
-    // the median over steps of the per-step ratio: drift of the machine
-    // between steps cancels.
-    let paired = |on: &[Duration], off: &[Duration]| {
-        let mut ratios: Vec<f64> = on
-            .iter()
-            .zip(off)
-            .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        ratios[ratios.len() / 2]
-    };
     for wire in [WireFormat::F32, WireFormat::F16] {
-        let [on, off] = run_check_case(settings, world, wire);
-        let slowest = |runs: &[CheckRun]| -> Vec<Duration> {
-            (0..runs[0].wall.len())
-                .map(|s| runs.iter().map(|r| r.wall[s]).max().expect("ranks"))
-                .collect()
-        };
+        let config = ReducerConfig::default().with_wire(wire);
+        let [on, off] = run_paired(
+            settings,
+            world,
+            [config, config.with_non_finite(NonFinite::Ignore)],
+        );
         let (wall_on, wall_off) = (slowest(&on), slowest(&off));
         println!(
             "{:<5} {:>11.3} {:>11.3} {:>7.3}   {:>11.3} {:>11.3} {:>7.3}   {:>11.3} {:>11.3} {:>7.3}",
             wire.to_string(),
             ms(median(wall_on.clone())),
             ms(median(wall_off.clone())),
-            paired(&wall_on, &wall_off),
+            paired_ratio(&wall_on, &wall_off),
             ms(median(on[0].pack_unpack.clone())),
             ms(median(off[0].pack_unpack.clone())),
-            paired(&on[0].pack_unpack, &off[0].pack_unpack),
+            paired_ratio(&on[0].pack_unpack, &off[0].pack_unpack),
             ms(median(on[0].all_reduce.clone())),
             ms(median(off[0].all_reduce.clone())),
-            paired(&on[0].all_reduce, &off[0].all_reduce),
+            paired_ratio(&on[0].all_reduce, &off[0].all_reduce),
         );
     }
     println!(
         "(f32: the thread group checks each block of sums as it forms them, and looks at \
          the gradients behind a non-finite one, inside the all-reduce phase; f16 packs, \
-         checking while it copies, and adds a scan of the converted wire buffer for \
-         overflow, inside the all-reduce phase)"
+         checking while it copies, and scans the converted wire buffer for overflow, in the \
+         pack phase; the checks of the sums run in the unpack phase)"
     );
+}
+
+// ---------------------------------------------------------------------------
+// 5. Pipelining the passes over packed buckets
+// ---------------------------------------------------------------------------
+
+/// Bucket cap of section 5: the dense model's 8.53 MiB of gradients make 5
+/// buckets of up to 1 MiB on a 16-bit wire, 9 in f32.
+const PIPELINE_CAP: usize = 1024 * 1024;
+
+fn bench_pipeline(settings: &Settings) {
+    let world = 2;
+    println!(
+        "\n== 5. pipelining the passes over packed buckets ==\n\
+         DenseMoeNet, {world} ranks on the thread group, {cap} MiB buckets; the thread group \
+         sums f32 gradients where they lie, so only the 16-bit wires pack here (MPI packs \
+         every wire: run this binary under mpirun); two reducers per rank, pipeline on and \
+         off, alternating which goes first; {w} warm-up + {s} measured steps each; 'reduce' = \
+         median of the slowest rank, phases = rank 0's medians (pipelined: the helper's \
+         pack+unpack overlap the all-reduces); 'ratio' = median over steps of on/off in the \
+         same step\n",
+        cap = PIPELINE_CAP / (1024 * 1024),
+        w = settings.warmup_steps,
+        s = settings.steps,
+    );
+    println!(
+        "{:<5} {:>8} {:>11} {:>11} {:>7}   {:>11} {:>11}   {:>11} {:>11}",
+        "wire",
+        "buckets",
+        "reduce on",
+        "reduce off",
+        "ratio",
+        "pk+unpk on",
+        "pk+unpk off",
+        "allred on",
+        "allred off",
+    );
+    for wire in [WireFormat::F16, WireFormat::Bf16] {
+        let config = ReducerConfig::default()
+            .with_wire(wire)
+            .with_bucket_cap_bytes(PIPELINE_CAP);
+        let configs = [Pipeline::On, Pipeline::Off].map(|pipeline| config.with_pipeline(pipeline));
+        let [on, off] = run_paired(settings, world, configs);
+        let (wall_on, wall_off) = (slowest(&on), slowest(&off));
+        println!(
+            "{:<5} {:>8.1} {:>11.3} {:>11.3} {:>7.3}   {:>11.3} {:>11.3}   {:>11.3} {:>11.3}",
+            wire.to_string(),
+            mean(on[0].buckets.iter().map(|&b| b as f64)),
+            ms(median(wall_on.clone())),
+            ms(median(wall_off.clone())),
+            paired_ratio(&wall_on, &wall_off),
+            ms(median(on[0].pack_unpack.clone())),
+            ms(median(off[0].pack_unpack.clone())),
+            ms(median(on[0].all_reduce.clone())),
+            ms(median(off[0].all_reduce.clone())),
+        );
+    }
 }

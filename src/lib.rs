@@ -252,9 +252,10 @@ pub use maskddp_macros::ddp_model;
 pub use maskddp_runtime::collective;
 pub use maskddp_runtime::{
     Averaging, Collective, CollectiveError, DdpError, DdpModel, NonFinite, NonFiniteFound, Op,
-    ParamLayout, ParamSlot, PlanBuilder, PlanTable, Reducer, ReducerConfig, ScatteredPart,
-    StatsSummary, StepStats, Tag, ThreadCollective, ThreadGroup, ThreadGroupConfig, Usage,
-    UsagePlan, UsageRecord, WireBuf, WireFormat, init_from_env, parameter_checksum, record_usage,
+    ParamLayout, ParamSlot, Pipeline, PlanBuilder, PlanTable, Reducer, ReducerConfig,
+    ScatteredPart, StatsSummary, StepStats, Tag, ThreadCollective, ThreadGroup, ThreadGroupConfig,
+    Usage, UsagePlan, UsageRecord, WireBuf, WireFormat, init_from_env, parameter_checksum,
+    record_usage,
 };
 pub use maskddp_runtime::{Launch, LaunchEnv, LaunchError, NcclEnv};
 #[cfg(feature = "mpi")]
@@ -272,7 +273,7 @@ pub use maskddp_runtime::train;
 /// in-process collective and the error type.
 pub mod prelude {
     pub use crate::{
-        Averaging, DdpError, DdpModel, NonFinite, Reducer, ReducerConfig, ThreadGroup,
+        Averaging, DdpError, DdpModel, NonFinite, Pipeline, Reducer, ReducerConfig, ThreadGroup,
         ThreadGroupConfig, WireFormat, ddp_model, parameter_checksum,
     };
 }

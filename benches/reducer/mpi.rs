@@ -1,15 +1,18 @@
-//! Sections 1 and 2 with one rank per process, under `mpirun` (feature
+//! Sections 1, 2 and 5 with one rank per process, under `mpirun` (feature
 //! `mpi`): the same cases over the MPI collective, every rank's times
 //! gathered to rank 0, which prints.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use maskddp::{Collective, MpiCollective, MpiConfig, Op, Tag, WireBuf};
+use maskddp::{
+    Collective, MpiCollective, MpiConfig, Op, Pipeline, ReducerConfig, StepStats, Tag, WireBuf,
+    WireFormat,
+};
 
 use super::{
-    CaseResult, RankRun, Settings, Variant, aggregate, median, mib, ms, print_reducer_table,
-    run_variant,
+    Ad, CaseResult, DenseMoeNet, PIPELINE_CAP, RankRun, Settings, Variant, aggregate, mean, median,
+    mib, ms, print_reducer_table, rank_loop, run_variant,
 };
 
 /// Runs the MPI sections on this process's rank.
@@ -82,6 +85,82 @@ pub fn run(settings: &Settings) {
                 over(raw),
                 over(r.all_reduce),
                 over(r.wall),
+            );
+        }
+    }
+    pipeline(&mut mpi, settings);
+}
+
+/// Section 5 over MPI, which packs every bucket: the dense model in 1 MiB
+/// buckets, reduced with the pipeline on and off in alternating rounds (one
+/// reducer at a time holds the collective).
+fn pipeline(mpi: &mut Gather, settings: &Settings) {
+    const ROUNDS: usize = 5;
+    let rank = mpi.mpi.rank();
+    let round = Settings {
+        warmup_steps: 2,
+        steps: (settings.steps / ROUNDS).max(2),
+        ..*settings
+    };
+    if rank == 0 {
+        println!(
+            "\n== 5. pipelining the passes over packed buckets, MPI ==\n\
+             DenseMoeNet, {cap} MiB buckets; pipeline on and off in {ROUNDS} alternating \
+             rounds of {w} warm-up + {s} measured steps; 'reduce' = median of the slowest \
+             rank, phases = rank 0's medians (pipelined: the helper's pack+unpack overlap the \
+             all-reduces); 'on/off' = ratio of the medians\n",
+            cap = PIPELINE_CAP / (1024 * 1024),
+            w = round.warmup_steps,
+            s = round.steps,
+        );
+        println!(
+            "{:<5} {:>8} {:>11} {:>11} {:>7}   {:>11} {:>11}   {:>11} {:>11}",
+            "wire",
+            "buckets",
+            "reduce on",
+            "reduce off",
+            "on/off",
+            "pk+unpk on",
+            "pk+unpk off",
+            "allred on",
+            "allred off",
+        );
+    }
+    for wire in [WireFormat::F32, WireFormat::Bf16] {
+        let config = ReducerConfig::default()
+            .with_wire(wire)
+            .with_bucket_cap_bytes(PIPELINE_CAP);
+        let mut runs = [Vec::new(), Vec::new()];
+        for index in 0..ROUNDS {
+            for turn in 0..2 {
+                let which = (index + turn) % 2;
+                let device = Default::default();
+                let model = DenseMoeNet::<Ad>::new(settings.hidden, settings.experts, &device);
+                let config = config.with_pipeline([Pipeline::On, Pipeline::Off][which]);
+                let run = rank_loop(model, &mut mpi.mpi, round, config, |m, x, _| m.forward(x));
+                runs[which].push(run);
+            }
+        }
+        let [on, off] = runs.map(|runs| {
+            let wall: Vec<Duration> = runs.iter().flat_map(|run| run.wall.clone()).collect();
+            let stats: Vec<StepStats> = runs.into_iter().flat_map(|run| run.stats).collect();
+            (mpi.slowest_median(&wall), stats)
+        });
+        if rank == 0 {
+            let phase = |stats: &[StepStats], f: fn(&StepStats) -> Duration| {
+                ms(median(stats.iter().map(f).collect()))
+            };
+            println!(
+                "{:<5} {:>8.1} {:>11.3} {:>11.3} {:>7.3}   {:>11.3} {:>11.3}   {:>11.3} {:>11.3}",
+                wire.to_string(),
+                mean(on.1.iter().map(|s| s.buckets as f64)),
+                ms(on.0),
+                ms(off.0),
+                on.0.as_secs_f64() / off.0.as_secs_f64(),
+                phase(&on.1, |s| s.pack + s.unpack),
+                phase(&off.1, |s| s.pack + s.unpack),
+                phase(&on.1, |s| s.all_reduce),
+                phase(&off.1, |s| s.all_reduce),
             );
         }
     }

@@ -33,5 +33,7 @@ pub use layout::{ParamLayout, ParamSlot};
 pub use model::DdpModel;
 pub use plan::{PlanBuilder, PlanTable, Usage, UsagePlan};
 pub use recorder::{UsageRecord, record_usage};
-pub use reducer::{Averaging, NonFinite, Reducer, ReducerConfig, WireFormat, parameter_checksum};
+pub use reducer::{
+    Averaging, NonFinite, Pipeline, Reducer, ReducerConfig, WireFormat, parameter_checksum,
+};
 pub use stats::{StatsSummary, StepStats};

@@ -28,6 +28,10 @@ pub struct StepStats {
     pub elements_skipped: usize,
     /// Number of bucket all-reduces.
     pub buckets: usize,
+    /// Of `buckets`, those whose packing and unpacking ran on a helper
+    /// thread alongside the other buckets' all-reduces
+    /// ([`ReducerConfig::pipeline`](crate::ReducerConfig::pipeline)).
+    pub pipelined_buckets: usize,
     /// Parameters whose gradient on this rank held NaN or an infinity, or a
     /// value the compressed wire format cannot hold (counted under
     /// [`NonFinite::Warn`](crate::NonFinite::Warn); an error under `Error`).
@@ -49,7 +53,8 @@ pub struct StepStats {
 }
 
 impl StepStats {
-    /// Time spent in the reducer.
+    /// The phases' times added up: the time spent in the reducer, except
+    /// that the phases of pipelined buckets overlap, so there it is more.
     pub fn total_time(&self) -> Duration {
         self.pack + self.exchange + self.all_reduce + self.unpack
     }
@@ -92,7 +97,7 @@ impl fmt::Display for StepStats {
         write!(
             f,
             "step {}: sent {} of {} dense ({:.1}%), skipped {} of {} params ({} elements), \
-             {} bucket(s); pack {:.3} ms, exchange {:.3} ms, all-reduce {:.3} ms, unpack {:.3} ms",
+             {} bucket(s){}; pack {:.3} ms, exchange {:.3} ms, all-reduce {:.3} ms, unpack {:.3} ms",
             self.step,
             Bytes(self.bytes_sent),
             Bytes(self.dense_bytes),
@@ -101,6 +106,10 @@ impl fmt::Display for StepStats {
             self.params_skipped + self.params_reduced,
             self.elements_skipped,
             self.buckets,
+            match self.pipelined_buckets {
+                0 => String::new(),
+                pipelined => format!(" ({pipelined} pipelined)"),
+            },
             ms(self.pack),
             ms(self.exchange),
             ms(self.all_reduce),
@@ -138,6 +147,8 @@ pub struct StatsSummary {
     pub elements_reduced: u64,
     /// Sum of [`StepStats::buckets`].
     pub buckets: u64,
+    /// Sum of [`StepStats::pipelined_buckets`].
+    pub pipelined_buckets: u64,
     /// Sum of [`StepStats::non_finite_local`].
     pub non_finite_local: u64,
     /// Sum of [`StepStats::non_finite_reduced`].
@@ -166,6 +177,7 @@ impl StatsSummary {
         self.elements_skipped += step.elements_skipped as u64;
         self.elements_reduced += step.elements_reduced as u64;
         self.buckets += step.buckets as u64;
+        self.pipelined_buckets += step.pipelined_buckets as u64;
         self.non_finite_local += step.non_finite_local as u64;
         self.non_finite_reduced += step.non_finite_reduced as u64;
         self.non_finite_steps += u64::from(step.non_finite_reduced > 0);

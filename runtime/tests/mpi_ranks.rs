@@ -20,8 +20,8 @@ use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer, SgdConfig};
 use common::*;
 use half::{bf16, f16};
 use maskddp_runtime::{
-    Averaging, Collective, LaunchEnv, MpiCollective, MpiConfig, Op, Reducer, ReducerConfig, Tag,
-    ThreadGroup, WireBuf, WireFormat, parameter_checksum,
+    Averaging, Collective, LaunchEnv, MpiCollective, MpiConfig, Op, Pipeline, Reducer,
+    ReducerConfig, Tag, ThreadGroup, WireBuf, WireFormat, parameter_checksum,
 };
 
 const EXPERTS: usize = 5;
@@ -287,9 +287,10 @@ fn decode_slots(mut bytes: &[u8]) -> Vec<Option<Vec<f32>>> {
 }
 
 fn reducer_equivalence(c: &mut Checker) {
-    for seed in 0..24 {
-        equivalence_case(c, seed, WireFormat::F32, 1e-6);
-    }
+    let pipelined: usize = (0..24)
+        .map(|seed| equivalence_case(c, seed, WireFormat::F32, 1e-6))
+        .sum();
+    assert!(pipelined > 0, "no step went through the pipeline");
 }
 
 fn reducer_equivalence_bf16(c: &mut Checker) {
@@ -301,7 +302,9 @@ fn reducer_equivalence_bf16(c: &mut Checker) {
 /// One random usage pattern (the same on every rank, drawn from `seed`):
 /// each rank reduces its own micro-batches; every rank then checks the
 /// result against the reference built from every rank's local gradients.
-fn equivalence_case(c: &mut Checker, seed: u64, wire: WireFormat, tolerance: f32) {
+/// Even seeds pipeline their buckets, odd ones reduce them in turn. Returns
+/// the number of buckets pipelined.
+fn equivalence_case(c: &mut Checker, seed: u64, wire: WireFormat, tolerance: f32) -> usize {
     let rank = c.mpi.rank();
     let world = c.mpi.world_size();
     let mut rng = Rng::new(seed);
@@ -323,7 +326,12 @@ fn equivalence_case(c: &mut Checker, seed: u64, wire: WireFormat, tolerance: f32
     let config = ReducerConfig::default()
         .with_bucket_cap_bytes(cap)
         .with_averaging(averaging)
-        .with_wire(wire);
+        .with_wire(wire)
+        .with_pipeline(if seed.is_multiple_of(2) {
+            Pipeline::On
+        } else {
+            Pipeline::Off
+        });
     let context = format!("seed {seed} np {world} cap {cap} {averaging} {wire}");
 
     let device = Default::default();
@@ -339,6 +347,7 @@ fn equivalence_case(c: &mut Checker, seed: u64, wire: WireFormat, tolerance: f32
     let grads = accumulator.grads();
     let local = grads_by_slot::<Ad, _>(&model, &grads);
     let reduced = grads_by_slot::<Ad, _>(&model, &reducer.reduce(grads).unwrap());
+    let pipelined = reducer.last_stats().pipelined_buckets;
     drop(reducer);
 
     let locals: Vec<_> = c
@@ -372,6 +381,7 @@ fn equivalence_case(c: &mut Checker, seed: u64, wire: WireFormat, tolerance: f32
         }
     }
     c.assert_same_everywhere(&encode_slots(&reduced), &context);
+    pipelined
 }
 
 fn training_replicas(c: &mut Checker) {

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use common::*;
-use maskddp_runtime::{Averaging, Reducer, ReducerConfig, StepStats, ThreadGroup, WireFormat};
+use maskddp_runtime::{
+    Averaging, Collective, Pipeline, Reducer, ReducerConfig, StepStats, ThreadGroup, WireFormat,
+};
 
 const EXPERTS: usize = 5;
 const LIMIT: Duration = Duration::from_secs(60);
@@ -30,6 +32,9 @@ struct Case {
     config: ReducerConfig,
     /// Micro-batch routes per rank.
     routes: Vec<Vec<Route>>,
+    /// Whether the ranks sum only contiguous buffers (as MPI), so that every
+    /// bucket is packed.
+    contiguous: bool,
 }
 
 fn random_case(seed: u64) -> Case {
@@ -63,6 +68,7 @@ fn random_case(seed: u64) -> Case {
             .with_bucket_cap_bytes(cap)
             .with_averaging(averaging),
         routes,
+        contiguous: false,
     }
 }
 
@@ -70,12 +76,19 @@ fn run_case(case: &Case) -> Vec<RankOutcome> {
     let routes = case.routes.clone();
     let config = case.config;
     let seed = case.seed;
+    let contiguous = case.contiguous;
     all_ok(run_ranks(
         ThreadGroup::new(case.world),
         LIMIT,
         move |rank, collective| {
             let device = Default::default();
-            let model = Moe::<Ad>::new(EXPERTS, &device);
+            // Seeded: runs of one case start alike.
+            let model = Moe::<Ad>::seeded(EXPERTS, seed * 100 + rank as u64, &device);
+            let collective: Box<dyn Collective> = if contiguous {
+                Box::new(Contiguous(collective))
+            } else {
+                Box::new(collective)
+            };
             let (model, mut reducer) = Reducer::new(model, collective, config).unwrap();
             let mut accumulator = GradientsAccumulator::<Moe<Ad>>::new();
             for (micro, route) in routes[rank].iter().enumerate() {
@@ -213,6 +226,49 @@ fn compressed_wire_formats_stay_within_half_precision_tolerance() {
 }
 
 #[test]
+fn pipelined_buckets_give_the_bits_of_buckets_reduced_in_turn() {
+    let mut pipelined = 0;
+    for (wire, tolerance) in [
+        (WireFormat::F32, 1e-6),
+        (WireFormat::Bf16, 2e-2),
+        (WireFormat::F16, 4e-3),
+    ] {
+        for seed in 300..312 {
+            let mut case = random_case(seed);
+            // Small buckets: several per step.
+            case.config = case
+                .config
+                .with_wire(wire)
+                .with_bucket_cap_bytes(100)
+                .with_pipeline(Pipeline::On);
+            case.contiguous = true;
+            let on = run_case(&case);
+            check_case(&case, &on, tolerance);
+            case.config = case.config.with_pipeline(Pipeline::Off);
+            let off = run_case(&case);
+            for (rank, (on, off)) in on.iter().zip(&off).enumerate() {
+                let bits = |grads: &[Option<Vec<f32>>]| -> Vec<Option<Vec<u32>>> {
+                    grads
+                        .iter()
+                        .map(|g| g.as_ref().map(|g| g.iter().map(|x| x.to_bits()).collect()))
+                        .collect()
+                };
+                assert_eq!(
+                    bits(&on.reduced),
+                    bits(&off.reduced),
+                    "seed {seed} {wire}: rank {rank} differs with the pipeline"
+                );
+                assert_eq!(off.stats.pipelined_buckets, 0);
+                // The lead bucket (f32) travels before the others, alone.
+                assert!(on.stats.pipelined_buckets <= on.stats.buckets);
+            }
+            pipelined += on[0].stats.pipelined_buckets;
+        }
+    }
+    assert!(pipelined > 0, "no step went through the pipeline");
+}
+
+#[test]
 fn world_of_one_returns_its_own_gradients() {
     let case = Case {
         seed: 7,
@@ -223,6 +279,7 @@ fn world_of_one_returns_its_own_gradients() {
             head: true,
             ..Route::default()
         }]],
+        contiguous: false,
     };
     let outcomes = run_case(&case);
     check_case(&case, &outcomes, 0.0);
@@ -247,6 +304,7 @@ fn statistics_count_skipped_parameters_and_bytes() {
                 ..Route::default()
             }],
         ],
+        contiguous: false,
     };
     let outcomes = run_case(&case);
     check_case(&case, &outcomes, 1e-6);

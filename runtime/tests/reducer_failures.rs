@@ -10,8 +10,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
 use maskddp_runtime::{
-    Averaging, DdpError, NonFinite, Reducer, ReducerConfig, StepStats, ThreadCollective,
-    ThreadGroup, ThreadGroupConfig, WireFormat,
+    Averaging, Collective, DdpError, NonFinite, Pipeline, Reducer, ReducerConfig, StepStats,
+    ThreadCollective, ThreadGroup, ThreadGroupConfig, WireFormat,
 };
 
 const EXPERTS: usize = 3;
@@ -386,6 +386,31 @@ fn run_altered_wide(
     hidden: usize,
     alter: Alter,
 ) -> Vec<RankResult<Result<Vec<StepStats>, DdpError>>> {
+    run_altered_on(world, config, steps, hidden, false, alter)
+}
+
+/// [`run_altered`] on ranks that sum only contiguous buffers (as MPI), with
+/// buckets of 100 bytes: several packed buckets per step, pipelined.
+fn run_pipelined(
+    world: usize,
+    config: ReducerConfig,
+    steps: u64,
+    alter: Alter,
+) -> Vec<RankResult<Result<Vec<StepStats>, DdpError>>> {
+    let config = config
+        .with_bucket_cap_bytes(100)
+        .with_pipeline(Pipeline::On);
+    run_altered_on(world, config, steps, D_HIDDEN, true, alter)
+}
+
+fn run_altered_on(
+    world: usize,
+    config: ReducerConfig,
+    steps: u64,
+    hidden: usize,
+    contiguous: bool,
+    alter: Alter,
+) -> Vec<RankResult<Result<Vec<StepStats>, DdpError>>> {
     let start = Instant::now();
     let results = run_ranks(
         group(world, Duration::from_secs(30)),
@@ -393,6 +418,11 @@ fn run_altered_wide(
         move |rank, collective| {
             let device = Default::default();
             let model = Moe::<Ad>::with_hidden(EXPERTS, hidden, &device);
+            let collective: Box<dyn Collective> = if contiguous {
+                Box::new(Contiguous(collective))
+            } else {
+                Box::new(collective)
+            };
             let (model, mut reducer) = Reducer::new(model, collective, config)?;
             let mut stats = Vec::new();
             for s in 1..=steps {
@@ -680,6 +710,71 @@ fn non_finite_gradients_summed_where_they_lie_are_reported_alike() {
             );
         }
     }
+}
+
+/// The same reports where buckets are pipelined: a rank whose gradient is
+/// not finite fails before its bucket is sent, naming itself, and the others
+/// name it; `Warn` counts alike; an overflowing sum, which each rank notices
+/// at its own point of the pipeline, is reported alike by every rank; so is
+/// a value beyond the f16 wire.
+#[test]
+fn non_finite_gradients_in_pipelined_buckets_are_reported_alike() {
+    let results = run_pipelined(3, ReducerConfig::default(), 4, two_nans);
+    assert_eq!(
+        error_of(&results[2]),
+        DdpError::NonFiniteGradient {
+            step: 3,
+            rank: 2,
+            path: "experts.1.weight".to_owned(),
+            element: 5,
+            value: "NaN".to_owned(),
+        }
+    );
+    assert_others_told(&results, 2, 3, "`experts.1.weight`");
+
+    let config = ReducerConfig::default().with_non_finite(NonFinite::Warn);
+    let results = run_pipelined(3, config, 4, two_nans);
+    assert_two_nans_counted(&results, "pipelined");
+    for result in &results {
+        for stats in stats_of(result) {
+            assert!(stats.pipelined_buckets > 1, "{stats}");
+        }
+    }
+
+    // Every rank adds 3e38 to the last expert's weight: the sum overflows.
+    // Reported after every bucket, with the pipeline or without.
+    for pipeline in [Pipeline::On, Pipeline::Off] {
+        let config = ReducerConfig::default()
+            .with_bucket_cap_bytes(100)
+            .with_pipeline(pipeline);
+        let results = run_altered_on(3, config, 2, D_HIDDEN, true, |_, step, model, grads| {
+            if step == 2 {
+                poke(grads, &model.experts[EXPERTS - 1].weight, 3, 3e38);
+            }
+        });
+        for result in &results {
+            let err = error_of(result);
+            assert!(
+                matches!(&err, DdpError::SumOverflow { step: 2, path, element: 3, .. }
+                    if *path == format!("experts.{}.weight", EXPERTS - 1)),
+                "{pipeline:?}: {err}"
+            );
+        }
+    }
+
+    let config = ReducerConfig::default().with_wire(WireFormat::F16);
+    let results = run_pipelined(2, config, 2, |rank, step, model, grads| {
+        if rank == 1 && step == 2 {
+            poke(grads, &model.head.weight, 7, 70000.0);
+        }
+    });
+    assert!(
+        matches!(&error_of(&results[1]), DdpError::WireOverflow { step: 2, rank: 1, path, element: 7, .. }
+            if path == "head.weight"),
+        "{}",
+        error_of(&results[1])
+    );
+    assert_others_told(&results, 1, 2, "`head.weight`");
 }
 
 #[test]

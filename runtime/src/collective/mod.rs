@@ -187,6 +187,14 @@ pub trait Collective: Send {
     /// Number of ranks.
     fn world_size(&self) -> usize;
 
+    /// How many ranks, this one included, share this machine's cores (the
+    /// default: all of them, as in-process ranks do). The reducer runs a
+    /// helper thread per rank only where the cores allow it
+    /// ([`Pipeline::Auto`](crate::Pipeline::Auto)).
+    fn local_ranks(&self) -> usize {
+        self.world_size()
+    }
+
     /// Sums `data` element-wise over all ranks, in place; every rank ends with
     /// the same bits.
     fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError>;
@@ -278,6 +286,9 @@ macro_rules! forward_collective {
             }
             fn world_size(&self) -> usize {
                 (**self).world_size()
+            }
+            fn local_ranks(&self) -> usize {
+                (**self).local_ranks()
             }
             fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError> {
                 (**self).all_reduce_sum(tag, data)

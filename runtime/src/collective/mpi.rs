@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use ::mpi::Threading;
 use ::mpi::datatype::Equivalence;
 use ::mpi::environment::Universe;
+use ::mpi::topology::Communicator;
 
 use super::{CallView, Collective, CollectiveError, Tag, WireBuf, calls};
 
@@ -119,6 +120,8 @@ struct Link {
     comm: raw::Comm,
     rank: usize,
     world: usize,
+    /// Ranks on this machine (sharing memory with this one).
+    local: usize,
     timeout: Duration,
 }
 
@@ -145,10 +148,13 @@ impl MpiCollective {
         }
         let library = ::mpi::environment::library_version().unwrap_or_default();
         let comm = raw::Comm::new(&universe.world(), &library).map_err(MpiInitError::Library)?;
+        // Blocking, like MPI's initialisation itself: every rank takes part.
+        let local = universe.world().split_shared(0).size() as usize;
         Ok(Self {
             link: Link {
                 rank: comm.rank(),
                 world: comm.size(),
+                local,
                 comm,
                 timeout: config.timeout,
             },
@@ -252,6 +258,10 @@ impl Collective for MpiCollective {
 
     fn world_size(&self) -> usize {
         self.link.world
+    }
+
+    fn local_ranks(&self) -> usize {
+        self.link.local
     }
 
     fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError> {

@@ -14,6 +14,7 @@ use half::{bf16, f16};
 
 use super::buckets::SlotSpan;
 use super::grads::{self, Local};
+use super::host_path::overflows;
 use super::{NonFinite, Reducer, WireFormat};
 use crate::collective::{Collective, Tag};
 use crate::error::DdpError;
@@ -142,12 +143,11 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         {
             let values = bucket.to_data();
             let wire_values = wire.to_data();
-            self.wire_overflow(
-                values.as_slice().expect("f32 bucket"),
-                wire_values.as_slice::<H>().expect("wire bucket"),
-                spans,
-                stats,
-            )?;
+            let values: &[f32] = values.as_slice().expect("f32 bucket");
+            let wire_values: &[H] = wire_values.as_slice().expect("wire bucket");
+            for found in overflows(values, wire_values, spans.iter().copied()) {
+                self.wire_overflow(found, stats)?;
+            }
         }
         Ok(wire)
     }

@@ -7,19 +7,25 @@
 //! sums as it writes them back (except in a lead bucket averaged over
 //! contributors, whose divisors arrive with it: those are scaled in place
 //! after), checks them, and looks for the non-finite values behind a
-//! non-finite sum; each gradient is handed back in its own buffer. Otherwise
-//! (MPI, compressed wires, buckets of small gradients) packing copies each
-//! gradient into a reused bucket, checking it in the same pass, and the
-//! sums are checked and scaled in the pass that writes them into the
-//! gradients' own buffers. On a CPU backend both are faster than packing
-//! with tensor ops (NdArray's `reshape` and `cat` copy through generic loops:
+//! non-finite sum; each gradient is handed back in its own buffer.
+//!
+//! Otherwise (MPI, compressed wires, buckets of small gradients) a
+//! [`HostBucket`] goes through three passes: packing copies each gradient
+//! into a reused buffer, checking it in the same pass (and converts it to a
+//! 16-bit wire, checking for overflow); the collective sums it; unpacking
+//! writes the scaled sums into the gradients' own buffers, checking them.
+//! The passes need nothing of the reducer, so with several buckets a helper
+//! thread runs them while the reducer all-reduces the bucket between
+//! (`pipeline`). On a CPU backend both passes are faster than packing with
+//! tensor ops (NdArray's `reshape` and `cat` copy through generic loops:
 //! measured in BENCHMARKS.md), so host collectives keep them.
 
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 use super::buckets::SlotSpan;
 use super::grads::{self, HostF32, Local};
@@ -27,6 +33,7 @@ use super::{Averaging, NonFinite, Reducer, WireFormat};
 use crate::collective::{Collective, NonFiniteFound, ScatteredPart, Tag, WireBuf};
 use crate::error::DdpError;
 use crate::finite;
+use crate::plan::UsagePlan;
 use crate::stats::StepStats;
 
 /// The least mean number of elements per gradient for which summing the
@@ -36,10 +43,199 @@ use crate::stats::StepStats;
 /// (parameters of 16 to 256 elements pack faster; see BENCHMARKS.md).
 const SCATTER_MIN_PART: usize = 1024;
 
+/// One gradient of a [`HostBucket`].
+pub(super) struct Item<B: Backend> {
+    pub span: SlotSpan,
+    /// This rank's gradient; none where another rank has one and this rank
+    /// not (it contributes zeros).
+    pub local: Option<Local<B>>,
+    /// What its sum is divided by: set once the sums are in (a lead
+    /// bucket's divisors can depend on the counts it carries).
+    pub divisor: f32,
+}
+
+/// A value a pass found: not finite, or too large for the 16-bit wire.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Finding {
+    pub slot: usize,
+    /// Its index in the slot's gradient.
+    pub element: usize,
+    pub value: f32,
+}
+
+/// The buffers of a [`HostBucket`], reused across buckets and steps.
+#[derive(Default)]
+pub(super) struct HostBuffers {
+    /// The bucket in f32: this rank's gradients, then the sums.
+    values: Vec<f32>,
+    bf16: Vec<bf16>,
+    f16: Vec<f16>,
+}
+
+/// A bucket packed on the host, from this rank's gradients to the reduced
+/// ones. Its passes ([`Self::pack`], [`Self::unpack`]) are plain functions
+/// of it, which a helper thread can run while the reducer all-reduces
+/// another bucket.
+pub(super) struct HostBucket<B: Backend> {
+    pub tag: Tag,
+    pub numel: usize,
+    pub items: Vec<Item<B>>,
+    pub buffers: HostBuffers,
+    /// Set by a checked [`Self::pack`]: this rank's first non-finite value
+    /// in each gradient that holds one, in slot order.
+    pub non_finite: Vec<Finding>,
+    /// Set by a checked [`Self::pack`] to a 16-bit wire: the first value of
+    /// each gradient that the conversion turned into an infinity.
+    pub overflow: Vec<Finding>,
+}
+
+/// A bucket's reduced gradients, ready to be registered.
+pub(super) struct Reduced {
+    /// Per slot in bucket order: the reduced gradient, and whether (checked)
+    /// some value of it is not finite.
+    pub grads: Vec<(usize, HostF32, bool)>,
+    pub buffers: HostBuffers,
+}
+
+impl<B: Backend> HostBucket<B> {
+    /// Copies each gradient into its span of the bucket (zeros where this
+    /// rank has none) and converts the bucket to the 16-bit `wire`; with
+    /// `check`, notes what is not finite or overflows the wire.
+    pub fn pack(&mut self, wire: WireFormat, check: bool) {
+        let values = &mut self.buffers.values;
+        // No zero-fill: the spans tile the bucket, and each is written below,
+        // by a copy or by zeros.
+        values.resize(self.numel, 0.0);
+        for item in &self.items {
+            let out = &mut values[item.span.range()];
+            let Some(Local::Host(data)) = &item.local else {
+                out.fill(0.0);
+                continue;
+            };
+            if !check {
+                grads::copy_f32(data, out);
+            } else if !grads::copy_f32_checked(data, out) {
+                let (element, value) = finite::first_non_finite(out).expect("a non-finite value");
+                self.non_finite.push(Finding {
+                    slot: item.span.slot,
+                    element,
+                    value,
+                });
+            }
+        }
+        let spans = self.items.iter().map(|item| item.span);
+        match wire {
+            WireFormat::F32 => {}
+            WireFormat::Bf16 => {
+                to_wire(
+                    values,
+                    &mut self.buffers.bf16,
+                    spans,
+                    check,
+                    &mut self.overflow,
+                );
+            }
+            WireFormat::F16 => {
+                to_wire(
+                    values,
+                    &mut self.buffers.f16,
+                    spans,
+                    check,
+                    &mut self.overflow,
+                );
+            }
+        }
+    }
+
+    /// What the collective sums in place: the packed bucket in `wire`'s
+    /// format (with whatever follows the gradients, in f32).
+    pub fn wire_buf(&mut self, wire: WireFormat) -> WireBuf<'_> {
+        match wire {
+            WireFormat::F32 => WireBuf::F32(&mut self.buffers.values),
+            WireFormat::Bf16 => WireBuf::Bf16(&mut self.buffers.bf16),
+            WireFormat::F16 => WireBuf::F16(&mut self.buffers.f16),
+        }
+    }
+
+    /// The sums of the bucket (in `wire`'s format), divided, in each
+    /// gradient's own buffer (a fresh one where this rank had none); with
+    /// `check`, each flagged where some value is not finite.
+    pub fn unpack(self, wire: WireFormat, check: bool, plan: &UsagePlan) -> Reduced {
+        let Self {
+            numel,
+            items,
+            mut buffers,
+            ..
+        } = self;
+        let sums = &mut buffers.values[..numel];
+        match wire {
+            WireFormat::F32 => {}
+            WireFormat::Bf16 => buffers.bf16.convert_to_f32_slice(sums),
+            WireFormat::F16 => buffers.f16.convert_to_f32_slice(sums),
+        }
+        let slots = plan.layout().slots();
+        let grads = items
+            .into_iter()
+            .map(|item| {
+                let slot = item.span.slot;
+                let sums = &sums[item.span.range()];
+                // This rank's own gradient buffer takes the result (no
+                // allocation, no page faults).
+                let mut grad = HostF32::new(item.local, &slots[slot].shape);
+                let finite = if check {
+                    finite::scale_checked(sums, item.divisor, grad.values())
+                } else {
+                    finite::scale(sums, item.divisor, grad.values());
+                    true
+                };
+                (slot, grad, !finite)
+            })
+            .collect();
+        Reduced { grads, buffers }
+    }
+}
+
+/// Converts `values` into `wire` (whole slices at a time, which uses the
+/// CPU's conversion instructions where it has them); with `check`, notes the
+/// values of `spans` that became infinities.
+fn to_wire<H: finite::Half + Default>(
+    values: &[f32],
+    wire: &mut Vec<H>,
+    spans: impl Iterator<Item = SlotSpan>,
+    check: bool,
+    overflow: &mut Vec<Finding>,
+) where
+    [H]: HalfFloatSliceExt,
+{
+    // No zero-fill either: the conversion writes every element.
+    wire.resize(values.len(), H::default());
+    wire.convert_from_f32_slice(values);
+    if check && finite::any_infinite(wire) {
+        overflow.extend(overflows(values, wire, spans));
+    }
+}
+
+/// The first value of each span that is finite in `values` but infinite in
+/// `wire`: where the conversion overflowed.
+pub(super) fn overflows<'a, H: finite::Half>(
+    values: &'a [f32],
+    wire: &'a [H],
+    spans: impl Iterator<Item = SlotSpan> + 'a,
+) -> impl Iterator<Item = Finding> + 'a {
+    spans.filter_map(move |span| {
+        let range = span.range();
+        finite::first_overflow(&values[range.clone()], &wire[range]).map(|element| Finding {
+            slot: span.slot,
+            element,
+            value: values[span.offset + element],
+        })
+    })
+}
+
 impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
-    /// Packs `spans` (`numel` elements) into the host bucket, all-reduces
-    /// it with [`Collective::all_reduce_sum`], and registers the scaled
-    /// sums in `out`.
+    /// Reduces the bucket of `spans` (`numel` elements) and registers the
+    /// scaled sums in `out`: summed where they lie where the collective can,
+    /// else packed into a [`HostBucket`] for [`Collective::all_reduce_sum`].
     ///
     /// With `counts` (the lead bucket), this rank's gradient counts
     /// (`counts_wire`) travel after the gradients: the summed counts then set
@@ -54,68 +250,122 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         stats: &mut StepStats,
         out: &mut GradientsParams,
     ) -> Result<(), DdpError> {
-        if self.config.wire == WireFormat::F32
-            && self.collective.sums_scattered()
-            && numel >= SCATTER_MIN_PART * spans.len()
-        {
+        if self.sums_scattered() && numel >= SCATTER_MIN_PART * spans.len() {
             return self.reduce_scattered(tag, spans, counts, stats, out);
         }
-        let check = self.config.non_finite != NonFinite::Ignore;
+        let (wire, check) = (self.config.wire, self.checks());
 
         let start = Instant::now();
-        // No zero-fill: the spans tile the bucket, and each is written below,
-        // by a copy or by zeros.
-        self.bucket.resize(numel, 0.0);
-        for span in spans {
-            let values = &mut self.bucket[span.range()];
-            // Another rank has this gradient, this one not: it contributes
-            // zeros.
-            let Some(Local::Host(data)) = &self.local[span.slot] else {
-                values.fill(0.0);
-                continue;
-            };
-            if !check {
-                grads::copy_f32(data, values);
-            } else if !grads::copy_f32_checked(data, values) {
-                let (element, value) =
-                    finite::first_non_finite(values).expect("a non-finite value");
-                self.local_non_finite(span.slot, element, value, stats)?;
-            }
-        }
+        let mut bucket = self.host_bucket(tag, spans, numel);
+        bucket.pack(wire, check);
         if counts {
-            self.bucket.extend_from_slice(&self.counts_wire);
+            bucket.buffers.values.extend_from_slice(&self.counts_wire);
         }
         stats.pack += start.elapsed();
+        self.check_packed(&bucket, stats)?;
 
         let start = Instant::now();
-        let mut bucket = std::mem::take(&mut self.bucket);
-        let result = self.all_reduce_wire(tag, &mut bucket, spans, stats);
-        self.bucket = bucket;
-        result?;
+        self.all_reduce_host(&mut bucket)?;
         if counts {
-            self.usage.set_global_from(&self.bucket[numel..]);
+            self.usage.set_global_from(&bucket.buffers.values[numel..]);
+            let usage = &self.usage;
+            bucket.items.retain(|item| usage.is_global(item.span.slot));
         }
         stats.all_reduce += start.elapsed();
 
         let start = Instant::now();
-        for span in spans {
-            if !self.usage.is_global(span.slot) {
-                continue;
-            }
-            let sums = &self.bucket[span.range()];
-            let divisor = self.divisor(span.slot);
-            // This rank's own gradient buffer takes the result (no
-            // allocation, no page faults); a fresh one where it had none.
-            let local = self.local[span.slot].take();
-            let mut grad = HostF32::new(local, &self.plan.layout().slots()[span.slot].shape);
-            if !check {
-                finite::scale(sums, divisor, grad.values());
-            } else if !finite::scale_checked(sums, divisor, grad.values()) {
-                self.reduced_non_finite(span.slot, sums, stats)?;
-            }
-            self.register(span.slot, grad, out);
-        }
+        self.set_divisors(&mut bucket);
+        let reduced = bucket.unpack(wire, check, &self.plan);
+        let result = self.finish(reduced, stats, out);
         stats.unpack += start.elapsed();
+        result
+    }
+
+    /// Whether f32 buckets are summed where the gradients lie.
+    pub(super) fn sums_scattered(&self) -> bool {
+        self.config.wire == WireFormat::F32 && self.collective.sums_scattered()
+    }
+
+    /// Whether the non-finite checks run.
+    pub(super) fn checks(&self) -> bool {
+        self.config.non_finite != NonFinite::Ignore
+    }
+
+    /// A bucket of `spans` (`numel` elements), holding this rank's gradients
+    /// and buffers from the pool, ready to pack.
+    pub(super) fn host_bucket(
+        &mut self,
+        tag: Tag,
+        spans: &[SlotSpan],
+        numel: usize,
+    ) -> HostBucket<B::InnerBackend> {
+        HostBucket {
+            tag,
+            numel,
+            items: spans
+                .iter()
+                .map(|&span| Item {
+                    span,
+                    local: self.local[span.slot].take(),
+                    divisor: 1.0,
+                })
+                .collect(),
+            buffers: self.spare_buffers.pop().unwrap_or_default(),
+            non_finite: Vec::new(),
+            overflow: Vec::new(),
+        }
+    }
+
+    /// Reports what packing `bucket` found, before anything is sent: an
+    /// error under [`NonFinite::Error`], else counted.
+    pub(super) fn check_packed(
+        &mut self,
+        bucket: &HostBucket<B::InnerBackend>,
+        stats: &mut StepStats,
+    ) -> Result<(), DdpError> {
+        for found in &bucket.non_finite {
+            self.local_non_finite(found.slot, found.element, found.value, stats)?;
+        }
+        for &found in &bucket.overflow {
+            self.wire_overflow(found, stats)?;
+        }
+        Ok(())
+    }
+
+    /// Sums a packed bucket over the ranks, in place.
+    pub(super) fn all_reduce_host(
+        &mut self,
+        bucket: &mut HostBucket<B::InnerBackend>,
+    ) -> Result<(), DdpError> {
+        let tag = bucket.tag;
+        let wire = bucket.wire_buf(self.config.wire);
+        Ok(self.collective.all_reduce_sum(tag, wire)?)
+    }
+
+    /// Sets what each gradient of `bucket` is divided by, once the step's
+    /// global usage is known.
+    pub(super) fn set_divisors(&self, bucket: &mut HostBucket<B::InnerBackend>) {
+        for item in &mut bucket.items {
+            item.divisor = self.divisor(item.span.slot);
+        }
+    }
+
+    /// Registers a bucket's reduced gradients in `out` and keeps its buffers
+    /// for the next bucket. A gradient that is not finite is an error under
+    /// [`NonFinite::Error`] (the first, in slot order), else counted.
+    pub(super) fn finish(
+        &mut self,
+        reduced: Reduced,
+        stats: &mut StepStats,
+        out: &mut GradientsParams,
+    ) -> Result<(), DdpError> {
+        self.spare_buffers.push(reduced.buffers);
+        for (slot, mut grad, non_finite) in reduced.grads {
+            if non_finite {
+                self.reduced_non_finite(slot, grad.values(), stats)?;
+            }
+            self.register(slot, grad, out);
+        }
         Ok(())
     }
 
@@ -131,7 +381,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         stats: &mut StepStats,
         out: &mut GradientsParams,
     ) -> Result<(), DdpError> {
-        let check = self.config.non_finite != NonFinite::Ignore;
+        let check = self.checks();
 
         let start = Instant::now();
         let mut grads: Vec<HostF32> = spans
@@ -223,62 +473,5 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         let info = &self.infos[slot];
         let id = self.plan.layout().slots()[slot].id;
         grads::put_host::<B::InnerBackend>(out, id, values, info.dtype, &info.device);
-    }
-
-    /// All-reduces `values` (holding `spans`) in the configured wire format,
-    /// in place. A compressed format is checked for values the conversion
-    /// turned into infinities before anything is sent.
-    fn all_reduce_wire(
-        &mut self,
-        tag: Tag,
-        values: &mut [f32],
-        spans: &[SlotSpan],
-        stats: &mut StepStats,
-    ) -> Result<(), DdpError> {
-        match self.config.wire {
-            WireFormat::F32 => self.collective.all_reduce_sum(tag, WireBuf::F32(values))?,
-            WireFormat::Bf16 => {
-                let mut wire = std::mem::take(&mut self.wire_bf16);
-                let result = self
-                    .all_reduce_half(tag, values, &mut wire, spans, stats, |w| WireBuf::Bf16(w));
-                self.wire_bf16 = wire;
-                result?;
-            }
-            WireFormat::F16 => {
-                let mut wire = std::mem::take(&mut self.wire_f16);
-                let result =
-                    self.all_reduce_half(tag, values, &mut wire, spans, stats, |w| WireBuf::F16(w));
-                self.wire_f16 = wire;
-                result?;
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Self::all_reduce_wire`] in a 16-bit format: `values` converted into
-    /// `wire` (whole slices at a time, which uses the CPU's conversion
-    /// instructions where it has them), checked for overflow, all-reduced,
-    /// and converted back.
-    fn all_reduce_half<H: finite::Half + Default>(
-        &mut self,
-        tag: Tag,
-        values: &mut [f32],
-        wire: &mut Vec<H>,
-        spans: &[SlotSpan],
-        stats: &mut StepStats,
-        wrap: for<'a> fn(&'a mut [H]) -> WireBuf<'a>,
-    ) -> Result<(), DdpError>
-    where
-        [H]: HalfFloatSliceExt,
-    {
-        wire.clear();
-        wire.resize(values.len(), H::default());
-        wire.convert_from_f32_slice(values);
-        if self.config.non_finite != NonFinite::Ignore && finite::any_infinite(wire) {
-            self.wire_overflow(values, wire, spans, stats)?;
-        }
-        let result = self.collective.all_reduce_sum(tag, wrap(wire));
-        wire.convert_to_f32_slice(values);
-        Ok(result?)
     }
 }

@@ -26,6 +26,8 @@ pub(crate) fn fingerprint(plan: &UsagePlan, dtypes: &[DType], config: &ReducerCo
         broadcast_parameters,
         wire,
         non_finite,
+        // A rank's own choice: the calls and results are the same either way.
+        pipeline: _,
     } = config;
     let mut text = String::new();
     let settings: [(&str, String); 5] = [

@@ -28,9 +28,12 @@
 //!
 //! Where buckets live depends on the collective. One that sums host memory
 //! (the thread group, MPI) gets a host bucket packed from the gradients read
-//! to the host (`host_path`); one that sums device memory (NCCL) gets a
-//! tensor on the gradients' device, packed, checked, cast, reduced and
-//! unpacked there (`device_path`): no gradient leaves the device.
+//! to the host (`host_path`), or, on the thread group, the gradients where
+//! they lie; with several packed buckets, a helper thread packs the next and
+//! unpacks the previous while one is all-reduced (`pipeline`). One that sums
+//! device memory (NCCL) gets a tensor on the gradients' device, packed,
+//! checked, cast, reduced and unpacked there (`device_path`): no gradient
+//! leaves the device.
 //!
 //! A world of one exchanges nothing.
 
@@ -40,6 +43,7 @@ pub(crate) mod grads;
 mod host_path;
 mod layout_check;
 mod params;
+mod pipeline;
 mod usage;
 
 use std::fmt;
@@ -50,7 +54,6 @@ use std::time::Instant;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Tensor, TensorData};
-use half::{bf16, f16};
 
 use crate::collective::{Collective, Op, Tag};
 use crate::error::DdpError;
@@ -60,7 +63,8 @@ use crate::plan::{Usage, UsagePlan};
 use crate::recorder::UsageRecord;
 use crate::stats::{StatsSummary, StepStats};
 
-use buckets::{BucketCache, BucketLayout, LeadBucket, SlotSpan};
+use buckets::{BucketCache, BucketLayout, LeadBucket};
+use host_path::{Finding, HostBuffers};
 use params::SlotInfo;
 use usage::UsageTracker;
 
@@ -170,6 +174,28 @@ impl fmt::Display for NonFinite {
     }
 }
 
+/// Whether the passes over a step's packed host buckets overlap: a helper
+/// thread packs bucket k+1 and unpacks bucket k−1 while the reducer
+/// all-reduces bucket k. Buckets are packed for MPI, and for any host
+/// collective with a 16-bit wire (the thread group sums f32 gradients where
+/// they lie: nothing to overlap); a step needs two or more of them.
+///
+/// The helper needs a core of its own: where every core already runs a
+/// rank, the passes only take turns with the all-reduce, and the step is
+/// slower (measured in BENCHMARKS.md). The results are the same bits either
+/// way, and ranks may choose differently.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Pipeline {
+    /// Pipeline where this machine has at least two cores per rank on it
+    /// ([`Collective::local_ranks`]).
+    #[default]
+    Auto,
+    /// Always pipeline.
+    On,
+    /// Never: each bucket is packed, all-reduced and unpacked in turn.
+    Off,
+}
+
 /// Settings of a [`Reducer`]; every rank must use the same (checked at set-up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReducerConfig {
@@ -185,6 +211,9 @@ pub struct ReducerConfig {
     pub wire: WireFormat,
     /// What a non-finite gradient does (default [`NonFinite::Error`]).
     pub non_finite: NonFinite,
+    /// Whether a step's packed host buckets, when there are several, are
+    /// pipelined (default [`Pipeline::Auto`]).
+    pub pipeline: Pipeline,
 }
 
 impl Default for ReducerConfig {
@@ -195,6 +224,7 @@ impl Default for ReducerConfig {
             broadcast_parameters: true,
             wire: WireFormat::F32,
             non_finite: NonFinite::Error,
+            pipeline: Pipeline::Auto,
         }
     }
 }
@@ -229,6 +259,12 @@ impl ReducerConfig {
         self.non_finite = non_finite;
         self
     }
+
+    /// Sets [`Self::pipeline`].
+    pub fn with_pipeline(mut self, pipeline: Pipeline) -> Self {
+        self.pipeline = pipeline;
+        self
+    }
 }
 
 /// Bucket layouts kept per rank; MoE routing produces few distinct masks.
@@ -249,7 +285,8 @@ const BUCKET_CACHE_CAPACITY: usize = 64;
 pub struct Reducer<B: AutodiffBackend, C: Collective> {
     collective: C,
     config: ReducerConfig,
-    plan: UsagePlan,
+    /// Shared with the pipeline's helper thread.
+    plan: Arc<UsagePlan>,
     infos: Vec<SlotInfo<B::Device>>,
     usage: UsageTracker,
     record: UsageRecord,
@@ -261,10 +298,11 @@ pub struct Reducer<B: AutodiffBackend, C: Collective> {
     lead: LeadBucket,
     /// This rank's gradient counts as f32, for the lead bucket (reused).
     counts_wire: Vec<f32>,
-    /// A host collective's bucket, in f32; reused across buckets and steps.
-    bucket: Vec<f32>,
-    wire_bf16: Vec<bf16>,
-    wire_f16: Vec<f16>,
+    /// Buffers of host buckets, reused across buckets and steps.
+    spare_buffers: Vec<HostBuffers>,
+    /// Whether this machine has at least two cores per rank on it, so that
+    /// each rank's pipeline helper gets a core ([`Pipeline::Auto`]).
+    spare_cores: bool,
     step: u64,
     /// Whether [`Self::forward`] ran since the last reduce.
     forward_seen: bool,
@@ -370,20 +408,21 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         } else {
             LeadBucket::default()
         };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let spare_cores = cores >= 2 * collective.local_ranks();
         let reducer = Self {
             usage,
             lead,
             counts_wire: Vec::new(),
             collective,
             config,
-            plan,
+            plan: Arc::new(plan),
             infos,
             record: UsageRecord::default(),
             buckets: BucketCache::new(BUCKET_CACHE_CAPACITY),
             local: (0..slots).map(|_| None).collect(),
-            bucket: Vec::new(),
-            wire_bf16: Vec::new(),
-            wire_f16: Vec::new(),
+            spare_buffers: Vec::new(),
+            spare_cores,
             step: 0,
             forward_seen: false,
             op: Op::Usage,
@@ -505,17 +544,34 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             stats.exchange = start.elapsed();
         }
 
+        // A reduced gradient that is not finite is the same on every rank:
+        // every rank reduces every bucket, then reports the first.
         let layout = self.bucket_layout();
-        for (index, bucket) in layout.buckets.iter().enumerate() {
-            let spans = layout.spans(bucket);
-            self.op = Op::Bucket(index as u32);
-
-            let tag = Tag::new(step, self.op);
-            if self.collective.sums_on_device() {
-                self.reduce_on_device(tag, spans, &mut stats, &mut out)?;
-            } else {
-                self.reduce_on_host(tag, spans, bucket.numel, false, &mut stats, &mut out)?;
+        if self.pipelines(&layout) {
+            self.reduce_pipelined(&layout, &mut stats, &mut out)?;
+        } else {
+            let mut first_sum_error = None;
+            for (index, bucket) in layout.buckets.iter().enumerate() {
+                let spans = layout.spans(bucket);
+                self.op = Op::Bucket(index as u32);
+                let tag = Tag::new(step, self.op);
+                let result = if self.collective.sums_on_device() {
+                    self.reduce_on_device(tag, spans, &mut stats, &mut out)
+                } else {
+                    self.reduce_on_host(tag, spans, bucket.numel, false, &mut stats, &mut out)
+                };
+                match result {
+                    Err(err @ DdpError::SumOverflow { .. }) => {
+                        first_sum_error.get_or_insert(err);
+                    }
+                    result => result?,
+                }
             }
+            if let Some(err) = first_sum_error {
+                return Err(err);
+            }
+        }
+        for bucket in &layout.buckets {
             stats.buckets += 1;
             stats.bytes_sent += (bucket.numel * self.config.wire.element_bytes()) as u64;
         }
@@ -663,34 +719,23 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         })
     }
 
-    /// The converted bucket `wire` holds infinities: those from finite
-    /// values overflowed the format, and are treated like non-finite values.
-    fn wire_overflow<H: finite::Half>(
-        &mut self,
-        values: &[f32],
-        wire: &[H],
-        spans: &[SlotSpan],
-        stats: &mut StepStats,
-    ) -> Result<(), DdpError> {
-        for span in spans {
-            let range = span.range();
-            let Some(element) = finite::first_overflow(&values[range.clone()], &wire[range]) else {
-                continue;
-            };
-            if self.config.non_finite == NonFinite::Error {
-                return Err(DdpError::WireOverflow {
-                    step: self.step,
-                    rank: self.collective.rank(),
-                    path: self.plan.layout().slots()[span.slot].path.clone(),
-                    element,
-                    value: values[span.offset + element].to_string(),
-                    wire: self.config.wire.to_string(),
-                    max: self.config.wire.max_text().to_owned(),
-                });
-            }
-            if !std::mem::replace(&mut self.flagged[span.slot], true) {
-                stats.non_finite_local += 1;
-            }
+    /// `found` is a finite value of this rank that the 16-bit wire format
+    /// cannot hold (it would travel as an infinity): an error under
+    /// [`NonFinite::Error`], else counted once per slot.
+    fn wire_overflow(&mut self, found: Finding, stats: &mut StepStats) -> Result<(), DdpError> {
+        if self.config.non_finite == NonFinite::Error {
+            return Err(DdpError::WireOverflow {
+                step: self.step,
+                rank: self.collective.rank(),
+                path: self.plan.layout().slots()[found.slot].path.clone(),
+                element: found.element,
+                value: found.value.to_string(),
+                wire: self.config.wire.to_string(),
+                max: self.config.wire.max_text().to_owned(),
+            });
+        }
+        if !std::mem::replace(&mut self.flagged[found.slot], true) {
+            stats.non_finite_local += 1;
         }
         Ok(())
     }

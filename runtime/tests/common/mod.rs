@@ -15,7 +15,9 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use maskddp_runtime::__private::record_module;
-use maskddp_runtime::{DdpModel, PlanBuilder};
+use maskddp_runtime::{
+    Collective, CollectiveError, DdpModel, PlanBuilder, Tag, ThreadCollective, WireBuf,
+};
 
 pub type Ad = Autodiff<Flex>;
 pub type Inner = Flex;
@@ -222,4 +224,46 @@ pub fn bits(values: &[Vec<f32>]) -> Vec<Vec<u32>> {
         .iter()
         .map(|slot| slot.iter().map(|x| x.to_bits()).collect())
         .collect()
+}
+
+/// A thread-group rank that sums only contiguous buffers, as MPI does
+/// (`sums_scattered` is false): the reducer packs every bucket for it, which
+/// puts the packed host path and its pipeline under test with the f32 wire
+/// in-process. Every call goes to the thread group.
+pub struct Contiguous(pub ThreadCollective);
+
+impl Collective for Contiguous {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.0.world_size()
+    }
+    fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError> {
+        self.0.all_reduce_sum(tag, data)
+    }
+    fn all_reduce_counts(&mut self, tag: Tag, counts: &mut [u32]) -> Result<(), CollectiveError> {
+        self.0.all_reduce_counts(tag, counts)
+    }
+    fn broadcast(
+        &mut self,
+        tag: Tag,
+        root: usize,
+        data: &mut [f32],
+    ) -> Result<(), CollectiveError> {
+        self.0.broadcast(tag, root, data)
+    }
+    fn all_gather_bytes(
+        &mut self,
+        tag: Tag,
+        local: &[u8],
+    ) -> Result<Vec<Vec<u8>>, CollectiveError> {
+        self.0.all_gather_bytes(tag, local)
+    }
+    fn barrier(&mut self, tag: Tag) -> Result<(), CollectiveError> {
+        self.0.barrier(tag)
+    }
+    fn abort(&mut self, tag: Tag, reason: &str) {
+        self.0.abort(tag, reason)
+    }
 }
