@@ -1161,18 +1161,7 @@ fn bench_pipeline(settings: &Settings) {
         w = settings.warmup_steps,
         s = settings.steps,
     );
-    println!(
-        "{:<5} {:>8} {:>11} {:>11} {:>7}   {:>11} {:>11}   {:>11} {:>11}",
-        "wire",
-        "buckets",
-        "reduce on",
-        "reduce off",
-        "ratio",
-        "pk+unpk on",
-        "pk+unpk off",
-        "allred on",
-        "allred off",
-    );
+    PipelineRow::print_header("ratio");
     for wire in [WireFormat::F16, WireFormat::Bf16] {
         let config = ReducerConfig::default()
             .with_wire(wire)
@@ -1180,17 +1169,60 @@ fn bench_pipeline(settings: &Settings) {
         let configs = [Pipeline::On, Pipeline::Off].map(|pipeline| config.with_pipeline(pipeline));
         let [on, off] = run_paired(settings, world, configs);
         let (wall_on, wall_off) = (slowest(&on), slowest(&off));
+        PipelineRow {
+            wire,
+            buckets: mean(on[0].buckets.iter().map(|&b| b as f64)),
+            reduce: [median(wall_on.clone()), median(wall_off.clone())],
+            ratio: paired_ratio(&wall_on, &wall_off),
+            pack_unpack: [&on, &off].map(|runs| median(runs[0].pack_unpack.clone())),
+            all_reduce: [&on, &off].map(|runs| median(runs[0].all_reduce.clone())),
+        }
+        .print();
+    }
+}
+
+/// One line of section 5: the pipeline on, and off.
+struct PipelineRow {
+    wire: WireFormat,
+    buckets: f64,
+    /// The slowest rank's median `reduce`.
+    reduce: [Duration; 2],
+    /// On against off.
+    ratio: f64,
+    /// Rank 0's medians.
+    pack_unpack: [Duration; 2],
+    all_reduce: [Duration; 2],
+}
+
+impl PipelineRow {
+    /// The column titles; `ratio` names how on and off are compared.
+    fn print_header(ratio: &str) {
+        println!(
+            "{:<5} {:>8} {:>11} {:>11} {:>7}   {:>11} {:>11}   {:>11} {:>11}",
+            "wire",
+            "buckets",
+            "reduce on",
+            "reduce off",
+            ratio,
+            "pk+unpk on",
+            "pk+unpk off",
+            "allred on",
+            "allred off",
+        );
+    }
+
+    fn print(&self) {
         println!(
             "{:<5} {:>8.1} {:>11.3} {:>11.3} {:>7.3}   {:>11.3} {:>11.3}   {:>11.3} {:>11.3}",
-            wire.to_string(),
-            mean(on[0].buckets.iter().map(|&b| b as f64)),
-            ms(median(wall_on.clone())),
-            ms(median(wall_off.clone())),
-            paired_ratio(&wall_on, &wall_off),
-            ms(median(on[0].pack_unpack.clone())),
-            ms(median(off[0].pack_unpack.clone())),
-            ms(median(on[0].all_reduce.clone())),
-            ms(median(off[0].all_reduce.clone())),
+            self.wire.to_string(),
+            self.buckets,
+            ms(self.reduce[0]),
+            ms(self.reduce[1]),
+            self.ratio,
+            ms(self.pack_unpack[0]),
+            ms(self.pack_unpack[1]),
+            ms(self.all_reduce[0]),
+            ms(self.all_reduce[1]),
         );
     }
 }

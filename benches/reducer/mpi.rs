@@ -11,8 +11,8 @@ use maskddp::{
 };
 
 use super::{
-    Ad, CaseResult, DenseMoeNet, PIPELINE_CAP, RankRun, Settings, Variant, aggregate, mean, median,
-    mib, ms, print_reducer_table, rank_loop, run_variant,
+    Ad, CaseResult, DenseMoeNet, PIPELINE_CAP, PipelineRow, RankRun, Settings, Variant, aggregate,
+    mean, median, mib, ms, print_reducer_table, rank_loop, run_variant,
 };
 
 /// Runs the MPI sections on this process's rank.
@@ -113,18 +113,7 @@ fn pipeline(mpi: &mut Gather, settings: &Settings) {
             w = round.warmup_steps,
             s = round.steps,
         );
-        println!(
-            "{:<5} {:>8} {:>11} {:>11} {:>7}   {:>11} {:>11}   {:>11} {:>11}",
-            "wire",
-            "buckets",
-            "reduce on",
-            "reduce off",
-            "on/off",
-            "pk+unpk on",
-            "pk+unpk off",
-            "allred on",
-            "allred off",
-        );
+        PipelineRow::print_header("on/off");
     }
     for wire in [WireFormat::F32, WireFormat::Bf16] {
         let config = ReducerConfig::default()
@@ -148,20 +137,17 @@ fn pipeline(mpi: &mut Gather, settings: &Settings) {
         });
         if rank == 0 {
             let phase = |stats: &[StepStats], f: fn(&StepStats) -> Duration| {
-                ms(median(stats.iter().map(f).collect()))
+                median(stats.iter().map(f).collect())
             };
-            println!(
-                "{:<5} {:>8.1} {:>11.3} {:>11.3} {:>7.3}   {:>11.3} {:>11.3}   {:>11.3} {:>11.3}",
-                wire.to_string(),
-                mean(on.1.iter().map(|s| s.buckets as f64)),
-                ms(on.0),
-                ms(off.0),
-                on.0.as_secs_f64() / off.0.as_secs_f64(),
-                phase(&on.1, |s| s.pack + s.unpack),
-                phase(&off.1, |s| s.pack + s.unpack),
-                phase(&on.1, |s| s.all_reduce),
-                phase(&off.1, |s| s.all_reduce),
-            );
+            PipelineRow {
+                wire,
+                buckets: mean(on.1.iter().map(|s| s.buckets as f64)),
+                reduce: [on.0, off.0],
+                ratio: on.0.as_secs_f64() / off.0.as_secs_f64(),
+                pack_unpack: [&on, &off].map(|(_, stats)| phase(stats, |s| s.pack + s.unpack)),
+                all_reduce: [&on, &off].map(|(_, stats)| phase(stats, |s| s.all_reduce)),
+            }
+            .print();
         }
     }
 }

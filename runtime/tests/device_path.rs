@@ -27,12 +27,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 struct DeviceSim(ThreadCollective);
 
 impl Collective for DeviceSim {
-    fn rank(&self) -> usize {
-        self.0.rank()
-    }
-    fn world_size(&self) -> usize {
-        self.0.world_size()
-    }
+    crate::forward_to_thread_group!();
     fn sums_on_device(&self) -> bool {
         true
     }
@@ -46,33 +41,6 @@ impl Collective for DeviceSim {
             .into_primitive()
             .tensor();
         Ok(())
-    }
-    fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError> {
-        self.0.all_reduce_sum(tag, data)
-    }
-    fn all_reduce_counts(&mut self, tag: Tag, counts: &mut [u32]) -> Result<(), CollectiveError> {
-        self.0.all_reduce_counts(tag, counts)
-    }
-    fn broadcast(
-        &mut self,
-        tag: Tag,
-        root: usize,
-        data: &mut [f32],
-    ) -> Result<(), CollectiveError> {
-        self.0.broadcast(tag, root, data)
-    }
-    fn all_gather_bytes(
-        &mut self,
-        tag: Tag,
-        local: &[u8],
-    ) -> Result<Vec<Vec<u8>>, CollectiveError> {
-        self.0.all_gather_bytes(tag, local)
-    }
-    fn barrier(&mut self, tag: Tag) -> Result<(), CollectiveError> {
-        self.0.barrier(tag)
-    }
-    fn abort(&mut self, tag: Tag, reason: &str) {
-        self.0.abort(tag, reason)
     }
 }
 

@@ -587,6 +587,28 @@ fn assert_two_nans_counted(results: &[RankResult<Result<Vec<StepStats>, DdpError
     }
 }
 
+/// Rank 2 failed step 3 on the NaN at `element` of `experts.1.weight`
+/// (the first in slot order, as [`two_nans`] and its wide variant place
+/// them), naming itself, and the other ranks name it.
+fn assert_first_nan_reported(
+    results: &[RankResult<Result<Vec<StepStats>, DdpError>>],
+    element: usize,
+    context: &str,
+) {
+    assert_eq!(
+        error_of(&results[2]),
+        DdpError::NonFiniteGradient {
+            step: 3,
+            rank: 2,
+            path: "experts.1.weight".to_owned(),
+            element,
+            value: "NaN".to_owned(),
+        },
+        "{context}"
+    );
+    assert_others_told(results, 2, 3, "`experts.1.weight`");
+}
+
 #[test]
 fn a_non_finite_gradient_fails_the_step_naming_the_first_path_and_the_rank() {
     let results = run_altered(3, ReducerConfig::default(), 4, two_nans);
@@ -676,18 +698,7 @@ fn non_finite_gradients_summed_where_they_lie_are_reported_alike() {
                 poke(grads, &model.experts[1].weight, 4001, f32::INFINITY);
             }
         });
-        assert_eq!(
-            error_of(&results[2]),
-            DdpError::NonFiniteGradient {
-                step: 3,
-                rank: 2,
-                path: "experts.1.weight".to_owned(),
-                element: 4000,
-                value: "NaN".to_owned(),
-            },
-            "{averaging}"
-        );
-        assert_others_told(&results, 2, 3, "`experts.1.weight`");
+        assert_first_nan_reported(&results, 4000, &averaging.to_string());
 
         let config = ReducerConfig::default()
             .with_averaging(averaging)
@@ -720,17 +731,7 @@ fn non_finite_gradients_summed_where_they_lie_are_reported_alike() {
 #[test]
 fn non_finite_gradients_in_pipelined_buckets_are_reported_alike() {
     let results = run_pipelined(3, ReducerConfig::default(), 4, two_nans);
-    assert_eq!(
-        error_of(&results[2]),
-        DdpError::NonFiniteGradient {
-            step: 3,
-            rank: 2,
-            path: "experts.1.weight".to_owned(),
-            element: 5,
-            value: "NaN".to_owned(),
-        }
-    );
-    assert_others_told(&results, 2, 3, "`experts.1.weight`");
+    assert_first_nan_reported(&results, 5, "pipelined");
 
     let config = ReducerConfig::default().with_non_finite(NonFinite::Warn);
     let results = run_pipelined(3, config, 4, two_nans);

@@ -15,9 +15,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use maskddp_runtime::__private::record_module;
-use maskddp_runtime::{
-    Collective, CollectiveError, DdpModel, PlanBuilder, Tag, ThreadCollective, WireBuf,
-};
+use maskddp_runtime::{Collective, DdpModel, PlanBuilder, ThreadCollective};
 
 pub type Ad = Autodiff<Flex>;
 pub type Inner = Flex;
@@ -226,6 +224,58 @@ pub fn bits(values: &[Vec<f32>]) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// The [`Collective`] methods every wrapper of a thread-group rank (field
+/// `0`) forwards unchanged; a wrapper adds the methods it changes.
+#[macro_export]
+macro_rules! forward_to_thread_group {
+    () => {
+        fn rank(&self) -> usize {
+            self.0.rank()
+        }
+        fn world_size(&self) -> usize {
+            self.0.world_size()
+        }
+        fn all_reduce_sum(
+            &mut self,
+            tag: maskddp_runtime::Tag,
+            data: maskddp_runtime::WireBuf<'_>,
+        ) -> Result<(), maskddp_runtime::CollectiveError> {
+            self.0.all_reduce_sum(tag, data)
+        }
+        fn all_reduce_counts(
+            &mut self,
+            tag: maskddp_runtime::Tag,
+            counts: &mut [u32],
+        ) -> Result<(), maskddp_runtime::CollectiveError> {
+            self.0.all_reduce_counts(tag, counts)
+        }
+        fn broadcast(
+            &mut self,
+            tag: maskddp_runtime::Tag,
+            root: usize,
+            data: &mut [f32],
+        ) -> Result<(), maskddp_runtime::CollectiveError> {
+            self.0.broadcast(tag, root, data)
+        }
+        fn all_gather_bytes(
+            &mut self,
+            tag: maskddp_runtime::Tag,
+            local: &[u8],
+        ) -> Result<Vec<Vec<u8>>, maskddp_runtime::CollectiveError> {
+            self.0.all_gather_bytes(tag, local)
+        }
+        fn barrier(
+            &mut self,
+            tag: maskddp_runtime::Tag,
+        ) -> Result<(), maskddp_runtime::CollectiveError> {
+            self.0.barrier(tag)
+        }
+        fn abort(&mut self, tag: maskddp_runtime::Tag, reason: &str) {
+            self.0.abort(tag, reason)
+        }
+    };
+}
+
 /// A thread-group rank that sums only contiguous buffers, as MPI does
 /// (`sums_scattered` is false): the reducer packs every bucket for it, which
 /// puts the packed host path and its pipeline under test with the f32 wire
@@ -233,37 +283,5 @@ pub fn bits(values: &[Vec<f32>]) -> Vec<Vec<u32>> {
 pub struct Contiguous(pub ThreadCollective);
 
 impl Collective for Contiguous {
-    fn rank(&self) -> usize {
-        self.0.rank()
-    }
-    fn world_size(&self) -> usize {
-        self.0.world_size()
-    }
-    fn all_reduce_sum(&mut self, tag: Tag, data: WireBuf<'_>) -> Result<(), CollectiveError> {
-        self.0.all_reduce_sum(tag, data)
-    }
-    fn all_reduce_counts(&mut self, tag: Tag, counts: &mut [u32]) -> Result<(), CollectiveError> {
-        self.0.all_reduce_counts(tag, counts)
-    }
-    fn broadcast(
-        &mut self,
-        tag: Tag,
-        root: usize,
-        data: &mut [f32],
-    ) -> Result<(), CollectiveError> {
-        self.0.broadcast(tag, root, data)
-    }
-    fn all_gather_bytes(
-        &mut self,
-        tag: Tag,
-        local: &[u8],
-    ) -> Result<Vec<Vec<u8>>, CollectiveError> {
-        self.0.all_gather_bytes(tag, local)
-    }
-    fn barrier(&mut self, tag: Tag) -> Result<(), CollectiveError> {
-        self.0.barrier(tag)
-    }
-    fn abort(&mut self, tag: Tag, reason: &str) {
-        self.0.abort(tag, reason)
-    }
+    forward_to_thread_group!();
 }
