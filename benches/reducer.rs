@@ -13,6 +13,7 @@
 //!
 //! cargo bench --bench reducer --features mpi --no-run   # prints the binary's path
 //! mpirun -np 4 <that path> --quick   # sections 1, 2 and 5, one rank per process
+//! mpirun -np 2 <that path> --only 5  # only section 5 over MPI
 //! ```
 //!
 //! Every number is reported as a ratio against a baseline measured in the same
@@ -255,12 +256,13 @@ fn main() {
         settings.hidden = hidden.parse().expect("--hidden takes a positive integer");
         assert!(settings.hidden > 0, "--hidden takes a positive integer");
     }
+    let only = value_of("--only");
     #[cfg(feature = "mpi")]
     if matches!(
         maskddp::LaunchEnv::from_env(),
         Ok(maskddp::LaunchEnv::Mpi { .. })
     ) {
-        mpi::run(&settings);
+        mpi::run(&settings, only);
         return;
     }
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
@@ -273,7 +275,6 @@ fn main() {
         load_average()
     );
 
-    let only = value_of("--only");
     if only.is_none_or(|v| v == "1" || v == "2") {
         let results = bench_reducer(&settings);
         bench_bound(&settings, &results, cores);

@@ -15,12 +15,23 @@ use super::{
     mean, median, mib, ms, print_reducer_table, rank_loop, run_variant,
 };
 
-/// Runs the MPI sections on this process's rank.
-pub fn run(settings: &Settings) {
+/// Runs the MPI sections on this process's rank: `only` one of them (`1`
+/// and `2` run together), or all.
+pub fn run(settings: &Settings, only: Option<&str>) {
     let mut mpi = Gather {
         mpi: MpiCollective::init(MpiConfig::default()).expect("MPI starts"),
         step: 0,
     };
+    if only.is_none_or(|v| v == "1" || v == "2") {
+        reducer_and_bound(&mut mpi, settings);
+    }
+    if only.is_none_or(|v| v == "5") {
+        pipeline(&mut mpi, settings);
+    }
+}
+
+/// Sections 1 and 2.
+fn reducer_and_bound(mpi: &mut Gather, settings: &Settings) {
     let (rank, world) = (mpi.mpi.rank(), mpi.mpi.world_size());
     if rank == 0 {
         println!(
@@ -88,7 +99,6 @@ pub fn run(settings: &Settings) {
             );
         }
     }
-    pipeline(&mut mpi, settings);
 }
 
 /// Section 5 over MPI, which packs every bucket: the dense model in 1 MiB

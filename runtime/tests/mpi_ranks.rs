@@ -102,6 +102,8 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 fn collective_operations(c: &mut Checker) {
     let rank = c.mpi.rank();
     let world = c.mpi.world_size();
+    // Every rank of these tests shares one machine.
+    assert_eq!(c.mpi.local_ranks(), world);
     // Small and large: MPI switches algorithms with the message size.
     for len in [7, 100_003] {
         let mut rng = Rng::new(1000 + rank as u64);

@@ -32,9 +32,29 @@ struct Case {
     config: ReducerConfig,
     /// Micro-batch routes per rank.
     routes: Vec<Vec<Route>>,
-    /// Whether the ranks sum only contiguous buffers (as MPI), so that every
-    /// bucket is packed.
-    contiguous: bool,
+    /// What the ranks look like to the reducer.
+    ranks: Ranks,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ranks {
+    /// Thread-group ranks.
+    ThreadGroup,
+    /// Ranks that sum only contiguous buffers (as MPI), so that every bucket
+    /// is packed; all on one machine.
+    Contiguous,
+    /// The same, each rank alone on its machine (as MPI across nodes).
+    ContiguousApart,
+}
+
+/// A [`Contiguous`] rank that says it is alone on its machine.
+struct Apart(Contiguous);
+
+impl Collective for Apart {
+    crate::forward_to_thread_group!();
+    fn local_ranks(&self) -> usize {
+        1
+    }
 }
 
 fn random_case(seed: u64) -> Case {
@@ -68,7 +88,7 @@ fn random_case(seed: u64) -> Case {
             .with_bucket_cap_bytes(cap)
             .with_averaging(averaging),
         routes,
-        contiguous: false,
+        ranks: Ranks::ThreadGroup,
     }
 }
 
@@ -76,7 +96,7 @@ fn run_case(case: &Case) -> Vec<RankOutcome> {
     let routes = case.routes.clone();
     let config = case.config;
     let seed = case.seed;
-    let contiguous = case.contiguous;
+    let ranks = case.ranks;
     all_ok(run_ranks(
         ThreadGroup::new(case.world),
         LIMIT,
@@ -84,10 +104,10 @@ fn run_case(case: &Case) -> Vec<RankOutcome> {
             let device = Default::default();
             // Seeded: runs of one case start alike.
             let model = Moe::<Ad>::seeded(EXPERTS, seed * 100 + rank as u64, &device);
-            let collective: Box<dyn Collective> = if contiguous {
-                Box::new(Contiguous(collective))
-            } else {
-                Box::new(collective)
+            let collective: Box<dyn Collective> = match ranks {
+                Ranks::ThreadGroup => Box::new(collective),
+                Ranks::Contiguous => Box::new(Contiguous(collective)),
+                Ranks::ContiguousApart => Box::new(Apart(Contiguous(collective))),
             };
             let (model, mut reducer) = Reducer::new(model, collective, config).unwrap();
             let mut accumulator = GradientsAccumulator::<Moe<Ad>>::new();
@@ -241,7 +261,7 @@ fn pipelined_buckets_give_the_bits_of_buckets_reduced_in_turn() {
                 .with_wire(wire)
                 .with_bucket_cap_bytes(100)
                 .with_pipeline(Pipeline::On);
-            case.contiguous = true;
+            case.ranks = Ranks::Contiguous;
             let on = run_case(&case);
             check_case(&case, &on, tolerance);
             case.config = case.config.with_pipeline(Pipeline::Off);
@@ -266,6 +286,27 @@ fn pipelined_buckets_give_the_bits_of_buckets_reduced_in_turn() {
         }
     }
     assert!(pipelined > 0, "no step went through the pipeline");
+
+    // `Auto` pipelines where the machine has two cores per rank on it: all
+    // of the thread group's ranks, or one rank alone.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut case = random_case(301);
+    assert!(case.world > 1, "a case with several ranks");
+    case.config = case.config.with_bucket_cap_bytes(100);
+    for (ranks, here) in [(Ranks::Contiguous, case.world), (Ranks::ContiguousApart, 1)] {
+        case.ranks = ranks;
+        let auto = run_case(&case);
+        check_case(&case, &auto, 1e-6);
+        let expected = cores >= 2 * here;
+        for outcome in &auto {
+            let stats = &outcome.stats;
+            assert_eq!(
+                stats.pipelined_buckets > 0,
+                expected,
+                "{ranks:?}, {cores} cores: {stats}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -279,7 +320,7 @@ fn world_of_one_returns_its_own_gradients() {
             head: true,
             ..Route::default()
         }]],
-        contiguous: false,
+        ranks: Ranks::ThreadGroup,
     };
     let outcomes = run_case(&case);
     check_case(&case, &outcomes, 0.0);
@@ -304,7 +345,7 @@ fn statistics_count_skipped_parameters_and_bytes() {
                 ..Route::default()
             }],
         ],
-        contiguous: false,
+        ranks: Ranks::ThreadGroup,
     };
     let outcomes = run_case(&case);
     check_case(&case, &outcomes, 1e-6);
