@@ -74,7 +74,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             for span in spans {
                 let slot_sums = &values[span.range()];
                 if !finite::all_finite(slot_sums) {
-                    self.reduced_non_finite(span.slot, slot_sums, stats)?;
+                    self.reduced_non_finite(span.slot, slot_sums, stats);
                 }
             }
         }

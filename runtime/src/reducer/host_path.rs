@@ -276,9 +276,9 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         let start = Instant::now();
         self.set_divisors(&mut bucket);
         let reduced = bucket.unpack(wire, check, &self.plan);
-        let result = self.finish(reduced, stats, out);
+        self.finish(reduced, stats, out);
         stats.unpack += start.elapsed();
-        result
+        Ok(())
     }
 
     /// Whether f32 buckets are summed where the gradients lie.
@@ -351,22 +351,21 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     }
 
     /// Registers a bucket's reduced gradients in `out` and keeps its buffers
-    /// for the next bucket. A gradient that is not finite is an error under
-    /// [`NonFinite::Error`] (the first, in slot order), else counted.
+    /// for the next bucket; a gradient that is not finite is noted
+    /// (`reduced_non_finite`).
     pub(super) fn finish(
         &mut self,
         reduced: Reduced,
         stats: &mut StepStats,
         out: &mut GradientsParams,
-    ) -> Result<(), DdpError> {
+    ) {
         self.spare_buffers.push(reduced.buffers);
         for (slot, mut grad, non_finite) in reduced.grads {
             if non_finite {
-                self.reduced_non_finite(slot, grad.values(), stats)?;
+                self.reduced_non_finite(slot, grad.values(), stats);
             }
             self.register(slot, grad, out);
         }
-        Ok(())
     }
 
     /// [`Self::reduce_on_host`] without a bucket, for a collective that sums
@@ -435,7 +434,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
                 finite::scale_in_place(grad.values(), self.divisor(span.slot));
             }
             if check && found.in_sums {
-                self.reduced_non_finite(span.slot, grad.values(), stats)?;
+                self.reduced_non_finite(span.slot, grad.values(), stats);
             }
             self.register(span.slot, grad, out);
         }

@@ -212,7 +212,8 @@ pub struct ReducerConfig {
     /// What a non-finite gradient does (default [`NonFinite::Error`]).
     pub non_finite: NonFinite,
     /// Whether a step's packed host buckets, when there are several, are
-    /// pipelined (default [`Pipeline::Auto`]).
+    /// pipelined (default [`Pipeline::Auto`]). A rank's own choice, not
+    /// compared across ranks: the calls and results are the same either way.
     pub pipeline: Pipeline,
 }
 
@@ -310,6 +311,11 @@ pub struct Reducer<B: AutodiffBackend, C: Collective> {
     op: Op,
     /// Per slot: already counted as non-finite on this rank in this step.
     flagged: Vec<bool>,
+    /// This step's first reduced gradient whose sum overflowed (under
+    /// [`NonFinite::Error`]). The sums are the same on every rank, but ranks
+    /// notice them at different points of a pipeline: so the step reduces
+    /// every bucket, then reports it, and every rank reports alike.
+    sum_overflow: Option<DdpError>,
     last: StepStats,
     summary: StatsSummary,
     /// The steps since the last [`Self::take_summary`].
@@ -427,6 +433,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             forward_seen: false,
             op: Op::Usage,
             flagged: vec![false; slots],
+            sum_overflow: None,
             last: StepStats::default(),
             summary: StatsSummary::default(),
             window: StatsSummary::default(),
@@ -490,6 +497,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         let result = self.reduce_step(grads);
         self.local.iter_mut().for_each(|grad| *grad = None);
         self.flagged.iter_mut().for_each(|flag| *flag = false);
+        self.sum_overflow = None;
         if let Err(err) = &result
             && !matches!(err, DdpError::Collective(_))
         {
@@ -544,32 +552,23 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
             stats.exchange = start.elapsed();
         }
 
-        // A reduced gradient that is not finite is the same on every rank:
-        // every rank reduces every bucket, then reports the first.
         let layout = self.bucket_layout();
         if self.pipelines(&layout) {
             self.reduce_pipelined(&layout, &mut stats, &mut out)?;
         } else {
-            let mut first_sum_error = None;
             for (index, bucket) in layout.buckets.iter().enumerate() {
                 let spans = layout.spans(bucket);
                 self.op = Op::Bucket(index as u32);
                 let tag = Tag::new(step, self.op);
-                let result = if self.collective.sums_on_device() {
-                    self.reduce_on_device(tag, spans, &mut stats, &mut out)
+                if self.collective.sums_on_device() {
+                    self.reduce_on_device(tag, spans, &mut stats, &mut out)?;
                 } else {
-                    self.reduce_on_host(tag, spans, bucket.numel, false, &mut stats, &mut out)
-                };
-                match result {
-                    Err(err @ DdpError::SumOverflow { .. }) => {
-                        first_sum_error.get_or_insert(err);
-                    }
-                    result => result?,
+                    self.reduce_on_host(tag, spans, bucket.numel, false, &mut stats, &mut out)?;
                 }
             }
-            if let Some(err) = first_sum_error {
-                return Err(err);
-            }
+        }
+        if let Some(err) = self.sum_overflow.take() {
+            return Err(err);
         }
         for bucket in &layout.buckets {
             stats.buckets += 1;
@@ -638,16 +637,15 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
 
     /// The reduced sums of `slot` are not all finite: with every rank's own
     /// gradient finite (always so under [`NonFinite::Error`]), the sum
-    /// overflowed; every rank sees the same sums and reports alike.
-    fn reduced_non_finite(
-        &self,
-        slot: usize,
-        sums: &[f32],
-        stats: &mut StepStats,
-    ) -> Result<(), DdpError> {
-        if self.config.non_finite == NonFinite::Error {
+    /// overflowed; every rank sees the same sums and reports alike. Under
+    /// `Error` the first is kept for the end of the step
+    /// (`sum_overflow`), else counted.
+    fn reduced_non_finite(&mut self, slot: usize, sums: &[f32], stats: &mut StepStats) {
+        if self.config.non_finite != NonFinite::Error {
+            stats.non_finite_reduced += 1;
+        } else if self.sum_overflow.is_none() {
             let (element, _) = finite::first_non_finite(sums).expect("a non-finite sum");
-            return Err(DdpError::SumOverflow {
+            self.sum_overflow = Some(DdpError::SumOverflow {
                 step: self.step,
                 path: self.plan.layout().slots()[slot].path.clone(),
                 element,
@@ -655,8 +653,6 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
                 max: self.config.wire.max_text().to_owned(),
             });
         }
-        stats.non_finite_reduced += 1;
-        Ok(())
     }
 
     /// Moves every gradient out of `grads` into `self.local`, checking each
