@@ -510,16 +510,12 @@ fn run_case(settings: &Settings, world: usize, variant: Variant) -> CaseResult {
 
 /// One case's result from every rank's wall times and rank 0's statistics.
 fn aggregate(world: usize, variant: Variant, runs: &[RankRun]) -> CaseResult {
-    let steps = runs[0].wall.len();
-    let slowest: Vec<Duration> = (0..steps)
-        .map(|s| runs.iter().map(|r| r.wall[s]).max().expect("ranks"))
-        .collect();
     let stats = &runs[0].stats;
     let phase = |f: fn(&StepStats) -> Duration| median(stats.iter().map(f).collect());
     CaseResult {
         world,
         variant,
-        wall: median(slowest),
+        wall: median(slowest(runs.iter().map(|run| run.wall.as_slice()))),
         pack: phase(|s| s.pack),
         exchange: phase(|s| s.exchange),
         all_reduce: phase(|s| s.all_reduce),
@@ -725,11 +721,7 @@ fn raw_all_reduce(world: usize, len: usize, calls: usize, form: RawForm) -> Dura
         .into_iter()
         .map(|h| h.join().expect("rank panicked"))
         .collect();
-    median(
-        (0..calls)
-            .map(|c| times.iter().map(|t| t[c]).max().expect("ranks"))
-            .collect(),
-    )
+    median(slowest(times.iter().map(Vec::as_slice)))
 }
 
 fn bench_bound(settings: &Settings, results: &[CaseResult], cores: usize) {
@@ -1059,11 +1051,21 @@ fn run_paired(
     out
 }
 
-/// Per step, the slowest rank's wall time.
-fn slowest(runs: &[PairedRun]) -> Vec<Duration> {
-    (0..runs[0].wall.len())
-        .map(|s| runs.iter().map(|r| r.wall[s]).max().expect("ranks"))
-        .collect()
+/// Per step (or call), the slowest rank's time, from every rank's times.
+fn slowest<'a>(ranks: impl IntoIterator<Item = &'a [Duration]>) -> Vec<Duration> {
+    let mut ranks = ranks.into_iter();
+    let mut slowest = ranks.next().expect("ranks").to_vec();
+    for times in ranks {
+        for (slowest, &time) in slowest.iter_mut().zip(times) {
+            *slowest = (*slowest).max(time);
+        }
+    }
+    slowest
+}
+
+/// [`slowest`] of paired runs.
+fn slowest_paired(runs: &[PairedRun]) -> Vec<Duration> {
+    slowest(runs.iter().map(|run| run.wall.as_slice()))
 }
 
 /// The median over steps of `a / b` in the same step. Steps are paired (the
@@ -1116,7 +1118,7 @@ fn bench_non_finite(settings: &Settings) {
             world,
             [config, config.with_non_finite(NonFinite::Ignore)],
         );
-        let (wall_on, wall_off) = (slowest(&on), slowest(&off));
+        let (wall_on, wall_off) = (slowest_paired(&on), slowest_paired(&off));
         println!(
             "{:<5} {:>11.3} {:>11.3} {:>7.3}   {:>11.3} {:>11.3} {:>7.3}   {:>11.3} {:>11.3} {:>7.3}",
             wire.to_string(),
@@ -1169,7 +1171,7 @@ fn bench_pipeline(settings: &Settings) {
             .with_bucket_cap_bytes(PIPELINE_CAP);
         let configs = [Pipeline::On, Pipeline::Off].map(|pipeline| config.with_pipeline(pipeline));
         let [on, off] = run_paired(settings, world, configs);
-        let (wall_on, wall_off) = (slowest(&on), slowest(&off));
+        let (wall_on, wall_off) = (slowest_paired(&on), slowest_paired(&off));
         PipelineRow {
             wire,
             buckets: mean(on[0].buckets.iter().map(|&b| b as f64)),

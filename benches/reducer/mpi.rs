@@ -12,7 +12,7 @@ use maskddp::{
 
 use super::{
     Ad, CaseResult, DenseMoeNet, PIPELINE_CAP, PipelineRow, RankRun, Settings, Variant, aggregate,
-    mean, median, mib, ms, print_reducer_table, rank_loop, run_variant,
+    mean, median, mib, ms, print_reducer_table, rank_loop, run_variant, slowest,
 };
 
 /// Runs the MPI sections on this process's rank: `only` one of them (`1`
@@ -197,11 +197,7 @@ impl Gather {
     /// Per call, the slowest rank's time; their median.
     fn slowest_median(&mut self, times: &[Duration]) -> Duration {
         let all = self.durations(times);
-        median(
-            (0..times.len())
-                .map(|c| all.iter().map(|t| t[c]).max().expect("ranks"))
-                .collect(),
-        )
+        median(slowest(all.iter().map(Vec::as_slice)))
     }
 
     /// Best over `reps` of the time for every rank to copy `bytes` at once.
