@@ -672,19 +672,55 @@ enum RawForm {
     Scattered { hidden: usize },
 }
 
-/// Median over calls of the slowest rank's time for one all-reduce of `len`
-/// f32 in `form` (after a barrier): the collective alone, without the
-/// reducer. Each rank writes its buffer afresh after every call, as a
-/// backward writes its gradients.
-fn raw_all_reduce(world: usize, len: usize, calls: usize, form: RawForm) -> Duration {
+/// What each rank does right before each raw all-reduce.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Before {
+    /// Nothing: the calls run back to back.
+    Nothing,
+    /// A forward and backward of the section's dense model, gradients
+    /// discarded: the state of the caches and TLBs that the reducer's
+    /// all-reduce meets in a training step.
+    Backward,
+}
+
+/// Median over `settings.steps` calls of the slowest rank's time for one
+/// all-reduce of `len` f32 in `form` (after a barrier): the collective
+/// without the reducer. Each rank writes its buffer afresh after every call,
+/// as a backward writes its gradients.
+fn raw_all_reduce(
+    settings: &Settings,
+    world: usize,
+    len: usize,
+    form: RawForm,
+    before: Before,
+) -> Duration {
+    let settings = *settings;
     let handles: Vec<_> = ThreadGroup::new(world)
         .into_iter()
         .map(|mut collective| {
             thread::spawn(move || {
+                let device = Default::default();
+                let step_model = (before == Before::Backward).then(|| {
+                    let model = DenseMoeNet::<Ad>::new(settings.hidden, settings.experts, &device);
+                    let x = Tensor::<Ad, 2>::random(
+                        [settings.batch, settings.hidden],
+                        Distribution::Uniform(-1.0, 1.0),
+                        &device,
+                    );
+                    (model, x)
+                });
                 let mut data = vec![1.0f32; len];
+                let calls = settings.steps;
                 let mut times = Vec::with_capacity(calls);
                 for call in 0..calls + 3 {
                     let step = call as u64 + 1;
+                    if let Some((model, x)) = &step_model {
+                        let loss = model.forward(x.clone()).powf_scalar(2.0).mean();
+                        drop(black_box(GradientsParams::from_grads(
+                            loss.backward(),
+                            model,
+                        )));
+                    }
                     collective
                         .barrier(Tag::new(step, Op::Barrier))
                         .expect("barrier");
@@ -749,9 +785,9 @@ fn bench_bound(settings: &Settings, results: &[CaseResult], cores: usize) {
         );
     }
     let mut rates: HashMap<(usize, usize), f64> = HashMap::new();
-    let mut raw: HashMap<(usize, usize, RawForm), Duration> = HashMap::new();
+    let mut raw: HashMap<(usize, usize, RawForm, Before), Duration> = HashMap::new();
     println!(
-        "\n{:>5}  {:<27} {:>8} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>13} {:>11}",
+        "\n{:>5}  {:<27} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>13} {:>10}",
         "world",
         "variant",
         "N MiB",
@@ -759,11 +795,12 @@ fn bench_bound(settings: &Settings, results: &[CaseResult], cores: usize) {
         "bound ms",
         "raw ms",
         "scat ms",
+        "raw+bw",
         "allreduce",
         "raw/bound",
         "scat/bound",
         "allred/bound",
-        "reduce/scat"
+        "reduce/raw+bw"
     );
     for r in results {
         let n = (r.bytes_sent - r.usage_bytes).round() as usize;
@@ -771,18 +808,22 @@ fn bench_bound(settings: &Settings, results: &[CaseResult], cores: usize) {
         let rate = *rates
             .entry((n, p))
             .or_insert_with(|| memcpy_rate(n, p, settings.memcpy_reps));
-        let mut raw_in = |form| {
-            *raw.entry((r.world, n, form))
-                .or_insert_with(|| raw_all_reduce(r.world, n / 4, settings.steps, form))
+        let mut raw_in = |form, before| {
+            *raw.entry((r.world, n, form, before))
+                .or_insert_with(|| raw_all_reduce(settings, r.world, n / 4, form, before))
         };
-        let whole = raw_in(RawForm::Whole);
-        let scattered = raw_in(RawForm::Scattered {
-            hidden: settings.hidden,
-        });
+        let whole = raw_in(RawForm::Whole, Before::Nothing);
+        let scattered = raw_in(
+            RawForm::Scattered {
+                hidden: settings.hidden,
+            },
+            Before::Nothing,
+        );
+        let after_backward = raw_in(RawForm::Whole, Before::Backward);
         let bound = Duration::from_secs_f64(r.world as f64 * n as f64 / rate);
         let over = |d: Duration, base: Duration| d.as_secs_f64() / base.as_secs_f64();
         println!(
-            "{:>5}  {:<27} {:>8.3} {:>7.1} {:>8.3} {:>8.3} {:>8.3} {:>10.3} {:>10.2} {:>10.2} {:>13.2} {:>11.2}",
+            "{:>5}  {:<27} {:>8.3} {:>7.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>10.3} {:>10.2} {:>10.2} {:>13.2} {:>13.2}",
             r.world,
             r.variant.name(),
             mib(n as f64),
@@ -790,20 +831,22 @@ fn bench_bound(settings: &Settings, results: &[CaseResult], cores: usize) {
             ms(bound),
             ms(whole),
             ms(scattered),
+            ms(after_backward),
             ms(r.all_reduce),
             over(whole, bound),
             over(scattered, bound),
             over(r.all_reduce, bound),
-            over(r.wall, scattered),
+            over(r.wall, after_backward),
         );
     }
     println!(
         "('raw' = one ThreadCollective::all_reduce_sum of N bytes alone, median of the slowest \
          rank after a barrier; 'scat' = the same bytes cut like the model's gradients (weights \
          of hidden^2, biases of hidden elements), divided by the world size and checked, through \
-         all_reduce_scattered: what the reducer asks of the collective; 'allreduce' = rank 0's \
-         median bucket all-reduce time from StepStats, rendezvous waits included; 'reduce' = \
-         the whole reduce() call, slowest rank)"
+         all_reduce_scattered: what the reducer asks of the collective; 'raw+bw' = 'raw' with a \
+         forward and backward of the dense model on every rank before each call, as in a \
+         training step; 'allreduce' = rank 0's median bucket all-reduce time from StepStats, \
+         rendezvous waits included; 'reduce' = the whole reduce() call, slowest rank)"
     );
 }
 
