@@ -269,6 +269,52 @@ fn compressed_and_count_reductions() {
     }
 }
 
+/// 16-bit wires over several blocks, with values that round: every rank
+/// gets, bit for bit, each element's f32 sum in rank order rounded once.
+#[test]
+fn sixteen_bit_sums_are_f32_sums_in_rank_order_rounded_once() {
+    let (world, len) = (3, 2 * 1024 + 517);
+    let wide =
+        |rank: usize, i: usize| ((rank * 7919 + i * 104_729) % 20_011) as f32 * 1.37e-3 - 13.0;
+    let results = all_ok(run_ranks(
+        ThreadGroup::new(world),
+        LIMIT,
+        move |rank, mut collective| {
+            let mut b: Vec<bf16> = (0..len).map(|i| bf16::from_f32(wide(rank, i))).collect();
+            collective
+                .all_reduce_sum(Tag::new(1, Op::Bucket(0)), WireBuf::Bf16(&mut b))
+                .unwrap();
+            let mut h: Vec<f16> = (0..len).map(|i| f16::from_f32(wide(rank, i))).collect();
+            collective
+                .all_reduce_sum(Tag::new(1, Op::Bucket(1)), WireBuf::F16(&mut h))
+                .unwrap();
+            (b, h)
+        },
+    ));
+    let sum_of = |widen: &dyn Fn(usize, usize) -> f32| -> Vec<f32> {
+        (0..len)
+            .map(|i| (1..world).fold(widen(0, i), |sum, rank| sum + widen(rank, i)))
+            .collect()
+    };
+    let bf16_sums: Vec<bf16> = sum_of(&|r, i| bf16::from_f32(wide(r, i)).to_f32())
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    let f16_sums: Vec<f16> = sum_of(&|r, i| f16::from_f32(wide(r, i)).to_f32())
+        .into_iter()
+        .map(f16::from_f32)
+        .collect();
+    let bits = |v: &[f16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (b, h) in results {
+        assert!(
+            b.iter()
+                .zip(&bf16_sums)
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+        );
+        assert_eq!(bits(&h), bits(&f16_sums));
+    }
+}
+
 #[test]
 fn broadcast_gather_and_barrier() {
     let world = 4;

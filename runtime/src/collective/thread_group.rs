@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use super::{CallView, Collective, CollectiveError, NonFiniteFound, ScatteredPart, Tag, WireBuf};
@@ -251,72 +252,53 @@ struct Loan {
 }
 
 /// An element type the group moves: summed as `Acc`, rounded back once.
+/// Both passes take a block at a time, so that 16-bit values are converted
+/// by whole slices (eight at a time with the CPU's conversion instructions,
+/// where it has them) rather than one call per element.
 trait Element: Copy + 'static {
-    type Acc: Copy + AddAssign;
+    type Acc: Copy;
+    /// Any value; it initialises the blocks.
+    const ZERO: Self;
     /// Any value; it initialises the block of running sums.
     const ACC: Self::Acc;
     /// The type's name, checked between lender and borrower.
     const NAME: &'static str;
-    fn widen(self) -> Self::Acc;
-    fn narrow(sum: Self::Acc) -> Self;
+    /// Sets (`first`) or adds to the running `sums` the `values` of one rank.
+    fn accumulate(sums: &mut [Self::Acc], values: &[Self], first: bool);
     /// Adds the last rank's values `last` to the running `sums` and writes
     /// the rounded totals to `out`; with `check`, divided by `divisor`, and
     /// saying whether every total is finite. Only summed gradients in f32
-    /// are checked ([`ScatteredPart`]). One loop, so that finishing a block
-    /// costs no pass of its own.
+    /// are checked ([`ScatteredPart`]).
     fn finish(
         sums: &[Self::Acc],
         last: &[Self],
         out: &mut [Self],
         divisor: f32,
         check: bool,
-    ) -> bool {
-        debug_assert!(!check && divisor == 1.0);
-        for ((out, &sum), &x) in out.iter_mut().zip(sums).zip(last) {
-            let mut sum = sum;
-            sum += x.widen();
-            *out = Self::narrow(sum);
+    ) -> bool;
+}
+
+/// [`Element::accumulate`] of a type summed as itself.
+fn accumulate_plain<T: Copy + AddAssign>(sums: &mut [T], values: &[T], first: bool) {
+    if first {
+        sums.copy_from_slice(values);
+    } else {
+        for (sum, &x) in sums.iter_mut().zip(values) {
+            *sum += x;
         }
-        true
     }
 }
 
-macro_rules! element {
-    ($ty:ty, $acc:ty, $name:literal, $widen:expr, $narrow:expr $(, $finish:expr)?) => {
-        impl Element for $ty {
-            type Acc = $acc;
-            const ACC: $acc = 0 as $acc;
-            const NAME: &'static str = $name;
-            #[inline(always)]
-            fn widen(self) -> $acc {
-                $widen(self)
-            }
-            #[inline(always)]
-            fn narrow(sum: $acc) -> Self {
-                $narrow(sum)
-            }
-            $(
-                fn finish(
-                    sums: &[$acc],
-                    last: &[Self],
-                    out: &mut [Self],
-                    divisor: f32,
-                    check: bool,
-                ) -> bool {
-                    $finish(sums, last, out, divisor, check)
-                }
-            )?
-        }
-    };
-}
-
-element!(
-    f32,
-    f32,
-    "f32",
-    |x| x,
-    |x| x,
-    |sums: &[f32], last: &[f32], out: &mut [f32], divisor: f32, check: bool| {
+impl Element for f32 {
+    type Acc = f32;
+    const ZERO: f32 = 0.0;
+    const ACC: f32 = 0.0;
+    const NAME: &'static str = "f32";
+    fn accumulate(sums: &mut [f32], values: &[f32], first: bool) {
+        accumulate_plain(sums, values, first);
+    }
+    /// One loop, so that finishing a block costs no pass of its own.
+    fn finish(sums: &[f32], last: &[f32], out: &mut [f32], divisor: f32, check: bool) -> bool {
         if !check {
             for ((out, sum), x) in out.iter_mut().zip(sums).zip(last) {
                 *out = sum + x;
@@ -325,10 +307,69 @@ element!(
         }
         finite::add_scale_checked(sums, last, divisor, out)
     }
-);
-element!(u32, u32, "u32", |x| x, |x| x);
-element!(bf16, f32, "bf16", bf16::to_f32, bf16::from_f32);
-element!(f16, f32, "f16", f16::to_f32, f16::from_f32);
+}
+
+impl Element for u32 {
+    type Acc = u32;
+    const ZERO: u32 = 0;
+    const ACC: u32 = 0;
+    const NAME: &'static str = "u32";
+    fn accumulate(sums: &mut [u32], values: &[u32], first: bool) {
+        accumulate_plain(sums, values, first);
+    }
+    fn finish(sums: &[u32], last: &[u32], out: &mut [u32], divisor: f32, check: bool) -> bool {
+        debug_assert!(!check && divisor == 1.0);
+        for ((out, sum), x) in out.iter_mut().zip(sums).zip(last) {
+            *out = sum + x;
+        }
+        true
+    }
+}
+
+/// A 16-bit float summed in f32: every rank rounds the same f32 total.
+macro_rules! half_element {
+    ($ty:ty, $name:literal) => {
+        impl Element for $ty {
+            type Acc = f32;
+            const ZERO: $ty = <$ty>::ZERO;
+            const ACC: f32 = 0.0;
+            const NAME: &'static str = $name;
+            fn accumulate(sums: &mut [f32], values: &[$ty], first: bool) {
+                if first {
+                    values.convert_to_f32_slice(sums);
+                } else {
+                    let mut wide = [0.0f32; BLOCK];
+                    let wide = &mut wide[..values.len()];
+                    values.convert_to_f32_slice(wide);
+                    for (sum, x) in sums.iter_mut().zip(wide) {
+                        *sum += *x;
+                    }
+                }
+            }
+            fn finish(
+                sums: &[f32],
+                last: &[$ty],
+                out: &mut [$ty],
+                divisor: f32,
+                check: bool,
+            ) -> bool {
+                debug_assert!(!check && divisor == 1.0);
+                let mut totals = [0.0f32; BLOCK];
+                let totals = &mut totals[..sums.len()];
+                last.convert_to_f32_slice(totals);
+                // `x + sum`: the same bits as `sum + x` (IEEE addition commutes).
+                for (x, sum) in totals.iter_mut().zip(sums) {
+                    *x += *sum;
+                }
+                out.convert_from_f32_slice(totals);
+                true
+            }
+        }
+    };
+}
+
+half_element!(bf16, "bf16");
+half_element!(f16, "f16");
 
 /// Elements summed per block: the running sums stay in L1.
 const BLOCK: usize = 1024;
@@ -733,7 +774,7 @@ unsafe fn for_each_piece(
 /// with a live report where `own` has one (then `T` is `f32`).
 unsafe fn reduce_chunk<T: Element>(peers: &[Part], own: Part, range: Range<usize>) {
     let mut sums = [T::ACC; BLOCK];
-    let mut block = [T::narrow(T::ACC); BLOCK];
+    let mut block = [T::ZERO; BLOCK];
     let (last, first) = peers.split_last().expect("two ranks or more");
     let mut start = range.start;
     while start < range.end {
@@ -744,15 +785,7 @@ unsafe fn reduce_chunk<T: Element>(peers: &[Part], own: Part, range: Range<usize
             std::slice::from_raw_parts((part.addr as *const T).add(start), n)
         };
         for (owner, part) in first.iter().enumerate() {
-            if owner == 0 {
-                for (sum, x) in sums.iter_mut().zip(values(part)) {
-                    *sum = x.widen();
-                }
-            } else {
-                for (sum, x) in sums.iter_mut().zip(values(part)) {
-                    *sum += x.widen();
-                }
-            }
+            T::accumulate(sums, values(part), owner == 0);
         }
         let block = &mut block[..n];
         // The last rank's values complete the sums on their way out.
