@@ -2,6 +2,8 @@
 //! need the tensor rank as a const generic: the rank is only known at run time
 //! (from the layout), so each call dispatches over 1 to 8 dimensions.
 
+use std::borrow::Cow;
+
 use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
@@ -154,29 +156,23 @@ impl HostF32 {
     }
 }
 
+/// `data`'s values as f32: its own buffer when it is f32 (no copy), else
+/// converted.
+pub(crate) fn f32_values(data: &TensorData) -> Cow<'_, [f32]> {
+    match data.as_slice::<f32>() {
+        Ok(values) => Cow::Borrowed(values),
+        Err(_) => Cow::Owned(data.iter::<f32>().collect()),
+    }
+}
+
 /// Copies `data` (any float dtype) into `out` as f32 and says whether every
 /// value is finite, reading the values once.
 pub(crate) fn copy_f32_checked(data: &TensorData, out: &mut [f32]) -> bool {
-    match data.as_slice::<f32>() {
-        Ok(values) => finite::copy_checked(values, out),
-        Err(_) => {
-            for (out, value) in out.iter_mut().zip(data.iter::<f32>()) {
-                *out = value;
-            }
-            finite::all_finite(out)
-        }
-    }
+    finite::copy_checked(&f32_values(data), out)
 }
 
 /// Copies `data` (any float dtype) into `out` as f32. The lengths must
 /// agree (gradient shapes are checked when they are taken out of burn).
 pub(crate) fn copy_f32(data: &TensorData, out: &mut [f32]) {
-    match data.as_slice::<f32>() {
-        Ok(values) => out.copy_from_slice(values),
-        Err(_) => {
-            for (out, value) in out.iter_mut().zip(data.iter::<f32>()) {
-                *out = value;
-            }
-        }
-    }
+    out.copy_from_slice(&f32_values(data));
 }

@@ -29,6 +29,7 @@ use half::{bf16, f16};
 
 use super::buckets::SlotSpan;
 use super::grads::{self, HostF32, Local};
+use super::half_wire;
 use super::{Averaging, NonFinite, Reducer, WireFormat};
 use crate::collective::{Collective, NonFiniteFound, ScatteredPart, Tag, WireBuf};
 use crate::error::DdpError;
@@ -81,12 +82,8 @@ pub(super) struct HostBucket<B: Backend> {
     pub numel: usize,
     pub items: Vec<Item<B>>,
     pub buffers: HostBuffers,
-    /// Set by a checked [`Self::pack`]: this rank's first non-finite value
-    /// in each gradient that holds one, in slot order.
-    pub non_finite: Vec<Finding>,
-    /// Set by a checked [`Self::pack`] to a 16-bit wire: the first value of
-    /// each gradient that the conversion turned into an infinity.
-    pub overflow: Vec<Finding>,
+    /// What a checked [`Self::pack`] found.
+    pub findings: Findings,
 }
 
 /// A bucket's reduced gradients, ready to be registered.
@@ -99,51 +96,18 @@ pub(super) struct Reduced {
 
 impl<B: Backend> HostBucket<B> {
     /// Copies each gradient into its span of the bucket (zeros where this
-    /// rank has none) and converts the bucket to the 16-bit `wire`; with
-    /// `check`, notes what is not finite or overflows the wire.
+    /// rank has none), converted to `wire`; with `check`, notes what is not
+    /// finite or overflows a 16-bit wire.
     pub fn pack(&mut self, wire: WireFormat, check: bool) {
-        let values = &mut self.buffers.values;
-        // No zero-fill: the spans tile the bucket, and each is written below,
-        // by a copy or by zeros.
-        values.resize(self.numel, 0.0);
-        for item in &self.items {
-            let out = &mut values[item.span.range()];
-            let Some(Local::Host(data)) = &item.local else {
-                out.fill(0.0);
-                continue;
-            };
-            if !check {
-                grads::copy_f32(data, out);
-            } else if !grads::copy_f32_checked(data, out) {
-                let (element, value) = finite::first_non_finite(out).expect("a non-finite value");
-                self.non_finite.push(Finding {
-                    slot: item.span.slot,
-                    element,
-                    value,
-                });
-            }
-        }
-        let spans = self.items.iter().map(|item| item.span);
+        let (items, findings) = (&self.items, &mut self.findings);
         match wire {
-            WireFormat::F32 => {}
+            WireFormat::F32 => {
+                pack_f32(items, self.numel, &mut self.buffers.values, check, findings)
+            }
             WireFormat::Bf16 => {
-                to_wire(
-                    values,
-                    &mut self.buffers.bf16,
-                    spans,
-                    check,
-                    &mut self.overflow,
-                );
+                pack_half(items, self.numel, &mut self.buffers.bf16, check, findings)
             }
-            WireFormat::F16 => {
-                to_wire(
-                    values,
-                    &mut self.buffers.f16,
-                    spans,
-                    check,
-                    &mut self.overflow,
-                );
-            }
+            WireFormat::F16 => pack_half(items, self.numel, &mut self.buffers.f16, check, findings),
         }
     }
 
@@ -161,32 +125,30 @@ impl<B: Backend> HostBucket<B> {
     /// gradient's own buffer (a fresh one where this rank had none); with
     /// `check`, each flagged where some value is not finite.
     pub fn unpack(self, wire: WireFormat, check: bool, plan: &UsagePlan) -> Reduced {
-        let Self {
-            numel,
-            items,
-            mut buffers,
-            ..
-        } = self;
-        let sums = &mut buffers.values[..numel];
-        match wire {
-            WireFormat::F32 => {}
-            WireFormat::Bf16 => buffers.bf16.convert_to_f32_slice(sums),
-            WireFormat::F16 => buffers.f16.convert_to_f32_slice(sums),
-        }
+        let Self { items, buffers, .. } = self;
         let slots = plan.layout().slots();
         let grads = items
             .into_iter()
             .map(|item| {
-                let slot = item.span.slot;
-                let sums = &sums[item.span.range()];
+                let (slot, range) = (item.span.slot, item.span.range());
                 // This rank's own gradient buffer takes the result (no
                 // allocation, no page faults).
                 let mut grad = HostF32::new(item.local, &slots[slot].shape);
-                let finite = if check {
-                    finite::scale_checked(sums, item.divisor, grad.values())
-                } else {
-                    finite::scale(sums, item.divisor, grad.values());
-                    true
+                let out = grad.values();
+                let finite = match wire {
+                    WireFormat::F32 if check => {
+                        finite::scale_checked(&buffers.values[range], item.divisor, out)
+                    }
+                    WireFormat::F32 => {
+                        finite::scale(&buffers.values[range], item.divisor, out);
+                        true
+                    }
+                    WireFormat::Bf16 => {
+                        half_wire::unpack(&buffers.bf16[range], item.divisor, out, check)
+                    }
+                    WireFormat::F16 => {
+                        half_wire::unpack(&buffers.f16[range], item.divisor, out, check)
+                    }
                 };
                 (slot, grad, !finite)
             })
@@ -195,23 +157,83 @@ impl<B: Backend> HostBucket<B> {
     }
 }
 
-/// Converts `values` into `wire` (whole slices at a time, which uses the
-/// CPU's conversion instructions where it has them); with `check`, notes the
-/// values of `spans` that became infinities.
-fn to_wire<H: finite::Half + Default>(
-    values: &[f32],
-    wire: &mut Vec<H>,
-    spans: impl Iterator<Item = SlotSpan>,
+/// What a checked pack found, in slot order.
+#[derive(Default)]
+pub(super) struct Findings {
+    /// This rank's first non-finite value in each gradient that holds one.
+    pub non_finite: Vec<Finding>,
+    /// The first value of each gradient that the conversion to a 16-bit
+    /// wire turned into an infinity.
+    pub overflow: Vec<Finding>,
+}
+
+/// Copies each gradient of `items` into its span of `values` (`numel`
+/// elements), checking it in the same pass.
+fn pack_f32<B: Backend>(
+    items: &[Item<B>],
+    numel: usize,
+    values: &mut Vec<f32>,
     check: bool,
-    overflow: &mut Vec<Finding>,
+    findings: &mut Findings,
+) {
+    // No zero-fill: the spans tile the bucket, and each is written below,
+    // by a copy or by zeros.
+    values.resize(numel, 0.0);
+    for item in items {
+        let out = &mut values[item.span.range()];
+        let Some(Local::Host(data)) = &item.local else {
+            out.fill(0.0);
+            continue;
+        };
+        if !check {
+            grads::copy_f32(data, out);
+        } else if !grads::copy_f32_checked(data, out) {
+            let (element, value) = finite::first_non_finite(out).expect("a non-finite value");
+            findings.non_finite.push(Finding {
+                slot: item.span.slot,
+                element,
+                value,
+            });
+        }
+    }
+}
+
+/// Converts each gradient of `items` straight into its span of the 16-bit
+/// `wire` (`numel` elements), checking it in the same pass.
+fn pack_half<B: Backend, H: finite::Half + Default>(
+    items: &[Item<B>],
+    numel: usize,
+    wire: &mut Vec<H>,
+    check: bool,
+    findings: &mut Findings,
 ) where
     [H]: HalfFloatSliceExt,
 {
-    // No zero-fill either: the conversion writes every element.
-    wire.resize(values.len(), H::default());
-    wire.convert_from_f32_slice(values);
-    if check && finite::any_infinite(wire) {
-        overflow.extend(overflows(values, wire, spans));
+    // No zero-fill either: every span is written below.
+    wire.resize(numel, H::default());
+    for item in items {
+        let out = &mut wire[item.span.range()];
+        let Some(Local::Host(data)) = &item.local else {
+            out.fill(H::default());
+            continue;
+        };
+        let values = grads::f32_values(data);
+        let found = half_wire::pack(&values, out, check);
+        let slot = item.span.slot;
+        if let Some((element, value)) = found.non_finite {
+            findings.non_finite.push(Finding {
+                slot,
+                element,
+                value,
+            });
+        }
+        if let Some(element) = found.overflow {
+            findings.overflow.push(Finding {
+                slot,
+                element,
+                value: values[element],
+            });
+        }
     }
 }
 
@@ -311,8 +333,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
                 })
                 .collect(),
             buffers: self.spare_buffers.pop().unwrap_or_default(),
-            non_finite: Vec::new(),
-            overflow: Vec::new(),
+            findings: Findings::default(),
         }
     }
 
@@ -323,10 +344,10 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
         bucket: &HostBucket<B::InnerBackend>,
         stats: &mut StepStats,
     ) -> Result<(), DdpError> {
-        for found in &bucket.non_finite {
+        for found in &bucket.findings.non_finite {
             self.local_non_finite(found.slot, found.element, found.value, stats)?;
         }
-        for &found in &bucket.overflow {
+        for &found in &bucket.findings.overflow {
             self.wire_overflow(found, stats)?;
         }
         Ok(())

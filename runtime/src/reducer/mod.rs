@@ -40,6 +40,7 @@
 mod buckets;
 mod device_path;
 pub(crate) mod grads;
+mod half_wire;
 mod host_path;
 mod layout_check;
 mod params;
