@@ -8,6 +8,7 @@
 
 use std::ffi::{c_int, c_void};
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use ::mpi::collective::SystemOperation;
@@ -254,8 +255,6 @@ impl Drop for Comm {
 
 /// A 16-bit float type MPI sums with a user-defined operation.
 pub(super) trait Half: Copy {
-    fn to_f32(self) -> f32;
-    fn from_f32(value: f32) -> Self;
     /// This type's sum operation on `comm`.
     fn sum(comm: &Comm) -> ffi::MPI_Op;
 }
@@ -263,12 +262,6 @@ pub(super) trait Half: Copy {
 macro_rules! half {
     ($ty:ty, $sum:ident) => {
         impl Half for $ty {
-            fn to_f32(self) -> f32 {
-                <$ty>::to_f32(self)
-            }
-            fn from_f32(value: f32) -> Self {
-                <$ty>::from_f32(value)
-            }
             fn sum(comm: &Comm) -> ffi::MPI_Op {
                 comm.$sum
             }
@@ -292,15 +285,21 @@ fn half_sum(
     }
 }
 
+/// Elements [`sum_halves`] widens at a time: two blocks of f32 stay in L1.
+const HALF_BLOCK: usize = 1024;
+
 /// MPI's user function for [`Half`] sums: `inout[i] = in[i] + inout[i]`,
 /// added in f32 and rounded back (the same on every rank that combines the
-/// same two values, whichever is `in`).
+/// same two values, whichever is `in`). A block at a time, converted by whole
+/// slices (eight values per instruction where the CPU has them).
 unsafe extern "C" fn sum_halves<H: Half>(
     input: *mut c_void,
     inout: *mut c_void,
     len: *mut c_int,
     _datatype: *mut ffi::MPI_Datatype,
-) {
+) where
+    [H]: HalfFloatSliceExt,
+{
     // SAFETY: MPI passes two buffers of `*len` elements of the datatype the
     // operation was called with, two-byte elements of `H`.
     let (input, inout) = unsafe {
@@ -310,8 +309,15 @@ unsafe extern "C" fn sum_halves<H: Half>(
             std::slice::from_raw_parts_mut(inout as *mut H, len),
         )
     };
-    for (inout, input) in inout.iter_mut().zip(input) {
-        *inout = H::from_f32(input.to_f32() + inout.to_f32());
+    let (mut sums, mut addends) = ([0.0f32; HALF_BLOCK], [0.0f32; HALF_BLOCK]);
+    for (inout, input) in inout.chunks_mut(HALF_BLOCK).zip(input.chunks(HALF_BLOCK)) {
+        let (sums, addends) = (&mut sums[..inout.len()], &mut addends[..inout.len()]);
+        input.convert_to_f32_slice(sums);
+        inout.convert_to_f32_slice(addends);
+        for (sum, addend) in sums.iter_mut().zip(addends.iter()) {
+            *sum += *addend;
+        }
+        inout.convert_from_f32_slice(sums);
     }
 }
 
