@@ -11,9 +11,10 @@
 //!
 //! Otherwise (MPI, compressed wires, buckets of small gradients) a
 //! [`HostBucket`] goes through three passes: packing copies each gradient
-//! into a reused buffer, checking it in the same pass (and converts it to a
-//! 16-bit wire, checking for overflow); the collective sums it; unpacking
-//! writes the scaled sums into the gradients' own buffers, checking them.
+//! into a reused buffer (on a 16-bit wire, converts it straight into the
+//! wire: `half_wire`), checking it in the same pass; the collective sums it;
+//! unpacking writes the scaled sums into the gradients' own buffers, checking
+//! them.
 //! The passes need nothing of the reducer, so with several buckets a helper
 //! thread runs them while the reducer all-reduces the bucket between
 //! (`pipeline`). On a CPU backend both passes are faster than packing with
