@@ -685,7 +685,7 @@ enum Before {
 
 /// Median over `settings.steps` calls of the slowest rank's time for one
 /// all-reduce of `len` f32 in `form` (after a barrier): the collective
-/// without the reducer. Each rank writes its buffer afresh after every call,
+/// without the reducer. Each rank writes its buffer afresh before every call,
 /// as a backward writes its gradients.
 fn raw_all_reduce(
     settings: &Settings,
@@ -721,6 +721,9 @@ fn raw_all_reduce(
                             model,
                         )));
                     }
+                    // Written afresh, after the backward, as a backward
+                    // writes its gradients.
+                    data.fill(1.0);
                     collective
                         .barrier(Tag::new(step, Op::Barrier))
                         .expect("barrier");
@@ -744,7 +747,6 @@ fn raw_all_reduce(
                     }
                     .expect("all-reduce");
                     let elapsed = start.elapsed();
-                    data.fill(1.0);
                     if call >= 3 {
                         times.push(elapsed);
                     }
