@@ -278,6 +278,7 @@ fn main() {
     if only.is_none_or(|v| v == "1" || v == "2") {
         let results = bench_reducer(&settings);
         bench_bound(&settings, &results, cores);
+        bench_reduce_against_raw(&settings);
     }
     if only.is_none_or(|v| v == "3") {
         bench_recording(&settings);
@@ -672,57 +673,19 @@ enum RawForm {
     Scattered { hidden: usize },
 }
 
-/// What each rank does right before each raw all-reduce.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum Before {
-    /// Nothing: the calls run back to back.
-    Nothing,
-    /// A forward and backward of the section's dense model, gradients
-    /// discarded: the state of the caches and TLBs that the reducer's
-    /// all-reduce meets in a training step.
-    Backward,
-}
-
-/// Median over `settings.steps` calls of the slowest rank's time for one
-/// all-reduce of `len` f32 in `form` (after a barrier): the collective
-/// without the reducer. Each rank writes its buffer afresh before every call,
-/// as a backward writes its gradients.
-fn raw_all_reduce(
-    settings: &Settings,
-    world: usize,
-    len: usize,
-    form: RawForm,
-    before: Before,
-) -> Duration {
-    let settings = *settings;
+/// Median over calls of the slowest rank's time for one all-reduce of `len`
+/// f32 in `form` (after a barrier): the collective alone, without the
+/// reducer. Each rank writes its buffer afresh before every call, as a
+/// backward writes its gradients.
+fn raw_all_reduce(world: usize, len: usize, calls: usize, form: RawForm) -> Duration {
     let handles: Vec<_> = ThreadGroup::new(world)
         .into_iter()
         .map(|mut collective| {
             thread::spawn(move || {
-                let device = Default::default();
-                let step_model = (before == Before::Backward).then(|| {
-                    let model = DenseMoeNet::<Ad>::new(settings.hidden, settings.experts, &device);
-                    let x = Tensor::<Ad, 2>::random(
-                        [settings.batch, settings.hidden],
-                        Distribution::Uniform(-1.0, 1.0),
-                        &device,
-                    );
-                    (model, x)
-                });
                 let mut data = vec![1.0f32; len];
-                let calls = settings.steps;
                 let mut times = Vec::with_capacity(calls);
                 for call in 0..calls + 3 {
                     let step = call as u64 + 1;
-                    if let Some((model, x)) = &step_model {
-                        let loss = model.forward(x.clone()).powf_scalar(2.0).mean();
-                        drop(black_box(GradientsParams::from_grads(
-                            loss.backward(),
-                            model,
-                        )));
-                    }
-                    // Written afresh, after the backward, as a backward
-                    // writes its gradients.
                     data.fill(1.0);
                     collective
                         .barrier(Tag::new(step, Op::Barrier))
@@ -787,9 +750,9 @@ fn bench_bound(settings: &Settings, results: &[CaseResult], cores: usize) {
         );
     }
     let mut rates: HashMap<(usize, usize), f64> = HashMap::new();
-    let mut raw: HashMap<(usize, usize, RawForm, Before), Duration> = HashMap::new();
+    let mut raw: HashMap<(usize, usize, RawForm), Duration> = HashMap::new();
     println!(
-        "\n{:>5}  {:<27} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>13} {:>10}",
+        "\n{:>5}  {:<27} {:>8} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>13} {:>11}",
         "world",
         "variant",
         "N MiB",
@@ -797,12 +760,11 @@ fn bench_bound(settings: &Settings, results: &[CaseResult], cores: usize) {
         "bound ms",
         "raw ms",
         "scat ms",
-        "raw+bw",
         "allreduce",
         "raw/bound",
         "scat/bound",
         "allred/bound",
-        "reduce/raw+bw"
+        "reduce/scat"
     );
     for r in results {
         let n = (r.bytes_sent - r.usage_bytes).round() as usize;
@@ -810,22 +772,18 @@ fn bench_bound(settings: &Settings, results: &[CaseResult], cores: usize) {
         let rate = *rates
             .entry((n, p))
             .or_insert_with(|| memcpy_rate(n, p, settings.memcpy_reps));
-        let mut raw_in = |form, before| {
-            *raw.entry((r.world, n, form, before))
-                .or_insert_with(|| raw_all_reduce(settings, r.world, n / 4, form, before))
+        let mut raw_in = |form| {
+            *raw.entry((r.world, n, form))
+                .or_insert_with(|| raw_all_reduce(r.world, n / 4, settings.steps, form))
         };
-        let whole = raw_in(RawForm::Whole, Before::Nothing);
-        let scattered = raw_in(
-            RawForm::Scattered {
-                hidden: settings.hidden,
-            },
-            Before::Nothing,
-        );
-        let after_backward = raw_in(RawForm::Whole, Before::Backward);
+        let whole = raw_in(RawForm::Whole);
+        let scattered = raw_in(RawForm::Scattered {
+            hidden: settings.hidden,
+        });
         let bound = Duration::from_secs_f64(r.world as f64 * n as f64 / rate);
         let over = |d: Duration, base: Duration| d.as_secs_f64() / base.as_secs_f64();
         println!(
-            "{:>5}  {:<27} {:>8.3} {:>7.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>10.3} {:>10.2} {:>10.2} {:>13.2} {:>13.2}",
+            "{:>5}  {:<27} {:>8.3} {:>7.1} {:>8.3} {:>8.3} {:>8.3} {:>10.3} {:>10.2} {:>10.2} {:>13.2} {:>11.2}",
             r.world,
             r.variant.name(),
             mib(n as f64),
@@ -833,23 +791,112 @@ fn bench_bound(settings: &Settings, results: &[CaseResult], cores: usize) {
             ms(bound),
             ms(whole),
             ms(scattered),
-            ms(after_backward),
             ms(r.all_reduce),
             over(whole, bound),
             over(scattered, bound),
             over(r.all_reduce, bound),
-            over(r.wall, after_backward),
+            over(r.wall, scattered),
         );
     }
     println!(
         "('raw' = one ThreadCollective::all_reduce_sum of N bytes alone, median of the slowest \
          rank after a barrier; 'scat' = the same bytes cut like the model's gradients (weights \
          of hidden^2, biases of hidden elements), divided by the world size and checked, through \
-         all_reduce_scattered: what the reducer asks of the collective; 'raw+bw' = 'raw' with a \
-         forward and backward of the dense model on every rank before each call, as in a \
-         training step; 'allreduce' = rank 0's median bucket all-reduce time from StepStats, \
-         rendezvous waits included; 'reduce' = the whole reduce() call, slowest rank)"
+         all_reduce_scattered: what the reducer asks of the collective; 'allreduce' = rank 0's \
+         median bucket all-reduce time from StepStats, rendezvous waits included; 'reduce' = \
+         the whole reduce() call, slowest rank)"
     );
+}
+
+/// Target 2, in the state a step leaves the machine in: the dense model's
+/// `reduce`, and the raw all-reduce of the same bytes after the same
+/// forward and backward, paired step by step.
+fn bench_reduce_against_raw(settings: &Settings) {
+    println!(
+        "\ndense reduce against the raw all-reduce of the same bytes in the same steps: every step \
+         each rank runs a forward and backward of DenseMoeNet twice, once before its timed \
+         reduce() and once before a timed ThreadCollective::all_reduce_sum of a buffer of the \
+         same size (written afresh after the backward, as the gradients are) on a second thread \
+         group, alternating which goes first; medians of the slowest rank; 'ratio' = median over \
+         steps of reduce/raw in the same step\n\n{:>5} {:>10} {:>10} {:>8}",
+        "world", "reduce ms", "raw ms", "ratio"
+    );
+    for world in [2, 4] {
+        let [reduce, raw] = reduce_against_raw(settings, world);
+        println!(
+            "{world:>5} {:>10.3} {:>10.3} {:>8.3}",
+            ms(median(reduce.clone())),
+            ms(median(raw.clone())),
+            paired_ratio(&reduce, &raw)
+        );
+    }
+}
+
+/// Per step, the slowest rank's `reduce` of the dense model and its raw
+/// all-reduce of the same bytes (see [`bench_reduce_against_raw`]).
+fn reduce_against_raw(settings: &Settings, world: usize) -> [Vec<Duration>; 2] {
+    let settings = *settings;
+    let handles: Vec<_> = ThreadGroup::new(world)
+        .into_iter()
+        .zip(ThreadGroup::new(world))
+        .enumerate()
+        .map(|(rank, (for_reducer, mut raw))| {
+            thread::spawn(move || {
+                let device = Default::default();
+                <Ad as Backend>::seed(&device, 11 + rank as u64);
+                let model = DenseMoeNet::<Ad>::new(settings.hidden, settings.experts, &device);
+                let (model, mut reducer) =
+                    Reducer::new(model, for_reducer, ReducerConfig::default()).expect("set-up");
+                let numel = model
+                    .usage_plan()
+                    .layout()
+                    .slots()
+                    .iter()
+                    .map(|s| s.numel())
+                    .sum();
+                let mut data = vec![1.0f32; numel];
+                let x = Tensor::<Ad, 2>::random(
+                    [settings.batch, settings.hidden],
+                    Distribution::Uniform(-1.0, 1.0),
+                    &device,
+                );
+                let mut times = [Vec::new(), Vec::new()];
+                for step in 0..settings.warmup_steps + settings.steps {
+                    for turn in 0..2 {
+                        let which = (step + turn) % 2;
+                        let time = if which == 0 {
+                            timed_step(&mut reducer, &model, || model.forward(x.clone()))
+                        } else {
+                            let loss = model.forward(x.clone()).powf_scalar(2.0).mean();
+                            drop(black_box(GradientsParams::from_grads(
+                                loss.backward(),
+                                &model,
+                            )));
+                            data.fill(1.0);
+                            let step = step as u64 + 1;
+                            raw.barrier(Tag::new(step, Op::Barrier)).expect("barrier");
+                            let start = Instant::now();
+                            raw.all_reduce_sum(
+                                Tag::new(step, Op::Bucket(0)),
+                                WireBuf::F32(&mut data),
+                            )
+                            .expect("all-reduce");
+                            start.elapsed()
+                        };
+                        if step >= settings.warmup_steps {
+                            times[which].push(time);
+                        }
+                    }
+                }
+                times
+            })
+        })
+        .collect();
+    let runs: Vec<[Vec<Duration>; 2]> = handles
+        .into_iter()
+        .map(|h| h.join().expect("rank panicked"))
+        .collect();
+    [0, 1].map(|which| slowest(runs.iter().map(|run| run[which].as_slice())))
 }
 
 // ---------------------------------------------------------------------------
