@@ -40,6 +40,7 @@ pub(crate) fn scale_checked(sums: &[f32], divisor: f32, out: &mut [f32]) -> bool
 /// Writes `(sums + last) / divisor` to `out` (equal lengths; the sum in f32,
 /// then the division) and says whether every total is finite: the last
 /// summand and the averaging of an all-reduce in one loop.
+#[inline(always)]
 pub(crate) fn add_scale_checked(sums: &[f32], last: &[f32], divisor: f32, out: &mut [f32]) -> bool {
     debug_assert!(sums.len() == out.len() && last.len() == out.len());
     let totals = sums.iter().zip(last).map(|(sum, x)| sum + x);
