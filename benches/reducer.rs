@@ -1227,9 +1227,10 @@ fn bench_non_finite(settings: &Settings) {
     }
     println!(
         "(f32: the thread group checks each block of sums as it forms them, and looks at \
-         the gradients behind a non-finite one, inside the all-reduce phase; f16 packs, \
-         checking while it copies, and scans the converted wire buffer for overflow, in the \
-         pack phase; the checks of the sums run in the unpack phase)"
+         the gradients behind a non-finite one, inside the all-reduce phase; f16 converts \
+         each gradient straight into the wire, checking each block for non-finite values and \
+         overflow as it converts it, in the pack phase; the checks of the sums run in the unpack \
+         phase)"
     );
 }
 
