@@ -68,8 +68,10 @@ pub(super) struct Finding {
 /// The buffers of a [`HostBucket`], reused across buckets and steps.
 #[derive(Default)]
 pub(super) struct HostBuffers {
-    /// The bucket in f32: this rank's gradients, then the sums.
+    /// The bucket on the f32 wire: this rank's gradients (and, in the lead
+    /// bucket, its gradient counts), then the sums.
     values: Vec<f32>,
+    /// The bucket on a 16-bit wire, the same way (without counts).
     bf16: Vec<bf16>,
     f16: Vec<f16>,
 }
