@@ -14,12 +14,29 @@ use half::{bf16, f16};
 
 use super::buckets::SlotSpan;
 use super::grads::{self, Local};
-use super::host_path::overflows;
+use super::host_path::Finding;
 use super::{NonFinite, Reducer, WireFormat};
 use crate::collective::{Collective, Tag};
 use crate::error::DdpError;
 use crate::finite;
 use crate::stats::StepStats;
+
+/// The first value of each span that is finite in `values` but infinite in
+/// `wire`: where the conversion overflowed.
+fn overflows<'a, H: finite::Half>(
+    values: &'a [f32],
+    wire: &'a [H],
+    spans: impl Iterator<Item = SlotSpan> + 'a,
+) -> impl Iterator<Item = Finding> + 'a {
+    spans.filter_map(move |span| {
+        let range = span.range();
+        finite::first_overflow(&values[range.clone()], &wire[range]).map(|element| Finding {
+            slot: span.slot,
+            element,
+            value: values[span.offset + element],
+        })
+    })
+}
 
 /// Whether every value of `tensor` is finite: one reduction on the device,
 /// one boolean read back.

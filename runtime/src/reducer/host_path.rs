@@ -240,23 +240,6 @@ fn pack_half<B: Backend, H: finite::Half + Default>(
     }
 }
 
-/// The first value of each span that is finite in `values` but infinite in
-/// `wire`: where the conversion overflowed.
-pub(super) fn overflows<'a, H: finite::Half>(
-    values: &'a [f32],
-    wire: &'a [H],
-    spans: impl Iterator<Item = SlotSpan> + 'a,
-) -> impl Iterator<Item = Finding> + 'a {
-    spans.filter_map(move |span| {
-        let range = span.range();
-        finite::first_overflow(&values[range.clone()], &wire[range]).map(|element| Finding {
-            slot: span.slot,
-            element,
-            value: values[span.offset + element],
-        })
-    })
-}
-
 impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
     /// Reduces the bucket of `spans` (`numel` elements) and registers the
     /// scaled sums in `out`: summed where they lie where the collective can,
