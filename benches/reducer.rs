@@ -376,6 +376,11 @@ fn mib(bytes: f64) -> f64 {
     bytes / (1024.0 * 1024.0)
 }
 
+/// The gradients of the bench's loss (the mean of `y²`) for `model`.
+fn backward<M: AutodiffModule<Ad>>(y: Tensor<Ad, 2>, model: &M) -> GradientsParams {
+    GradientsParams::from_grads(y.powf_scalar(2.0).mean().backward(), model)
+}
+
 /// One step on one rank: `forward` in the usage scope, real backward, then
 /// a barrier (so the time excludes waiting for a slower backward elsewhere)
 /// and the timed `reduce`, whose result is discarded. Returns its wall time.
@@ -388,9 +393,7 @@ where
     M: AutodiffModule<Ad>,
     C: Collective,
 {
-    let y = reducer.forward(forward);
-    let loss = y.powf_scalar(2.0).mean();
-    let grads = GradientsParams::from_grads(loss.backward(), model);
+    let grads = backward(reducer.forward(forward), model);
     reducer.barrier().expect("barrier");
     let start = Instant::now();
     let reduced = reducer.reduce(grads).expect("reduce");
@@ -867,11 +870,7 @@ fn reduce_against_raw(settings: &Settings, world: usize) -> [Vec<Duration>; 2] {
                         let time = if which == 0 {
                             timed_step(&mut reducer, &model, || model.forward(x.clone()))
                         } else {
-                            let loss = model.forward(x.clone()).powf_scalar(2.0).mean();
-                            drop(black_box(GradientsParams::from_grads(
-                                loss.backward(),
-                                &model,
-                            )));
+                            drop(black_box(backward(model.forward(x.clone()), &model)));
                             data.fill(1.0);
                             let step = step as u64 + 1;
                             raw.barrier(Tag::new(step, Op::Barrier)).expect("barrier");
