@@ -157,7 +157,8 @@ impl HostF32 {
 }
 
 /// `data`'s values as f32: its own buffer when it is f32 (no copy), else
-/// converted.
+/// converted into a new one (for a pass that needs f32 values to read, not a
+/// buffer to fill: [`copy_f32`] converts without one).
 pub(crate) fn f32_values(data: &TensorData) -> Cow<'_, [f32]> {
     match data.as_slice::<f32>() {
         Ok(values) => Cow::Borrowed(values),
@@ -168,11 +169,28 @@ pub(crate) fn f32_values(data: &TensorData) -> Cow<'_, [f32]> {
 /// Copies `data` (any float dtype) into `out` as f32 and says whether every
 /// value is finite, reading the values once.
 pub(crate) fn copy_f32_checked(data: &TensorData, out: &mut [f32]) -> bool {
-    finite::copy_checked(&f32_values(data), out)
+    match data.as_slice::<f32>() {
+        Ok(values) => finite::copy_checked(values, out),
+        Err(_) => {
+            copy_converted(data, out);
+            finite::all_finite(out)
+        }
+    }
 }
 
 /// Copies `data` (any float dtype) into `out` as f32. The lengths must
 /// agree (gradient shapes are checked when they are taken out of burn).
 pub(crate) fn copy_f32(data: &TensorData, out: &mut [f32]) {
-    out.copy_from_slice(&f32_values(data));
+    match data.as_slice::<f32>() {
+        Ok(values) => out.copy_from_slice(values),
+        Err(_) => copy_converted(data, out),
+    }
+}
+
+/// Copies `data` of another float dtype into `out`, converting each value
+/// on the way (no intermediate buffer).
+fn copy_converted(data: &TensorData, out: &mut [f32]) {
+    for (out, value) in out.iter_mut().zip(data.iter::<f32>()) {
+        *out = value;
+    }
 }
