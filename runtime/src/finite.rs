@@ -5,7 +5,7 @@
 //! per block, so the compiler vectorizes them; the exact element is located
 //! only once a block is known to hold one.
 
-use half::{bf16, f16};
+use crate::half_float::Half;
 
 const F32_EXPONENT: u32 = 0x7f80_0000;
 const BLOCK: usize = 64;
@@ -128,24 +128,6 @@ pub(crate) fn describe(value: f32) -> String {
     }
 }
 
-/// A compressed wire element type.
-pub(crate) trait Half: Copy {
-    /// Whether this value is an infinity.
-    fn is_infinite(self) -> bool;
-}
-
-impl Half for f16 {
-    fn is_infinite(self) -> bool {
-        self.to_bits() & 0x7fff == 0x7c00
-    }
-}
-
-impl Half for bf16 {
-    fn is_infinite(self) -> bool {
-        self.to_bits() & 0x7fff == 0x7f80
-    }
-}
-
 /// Whether any wire value is an infinity.
 pub(crate) fn any_infinite<H: Half>(wire: &[H]) -> bool {
     wire.chunks(BLOCK).any(|block| {
@@ -166,6 +148,8 @@ pub(crate) fn first_overflow<H: Half>(src: &[f32], wire: &[H]) -> Option<usize> 
 
 #[cfg(test)]
 mod tests {
+    use half::{bf16, f16};
+
     use super::*;
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod collective;
 mod error;
 mod finite;
+mod half_float;
 mod launch;
 mod layout;
 mod model;

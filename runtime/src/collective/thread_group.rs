@@ -46,11 +46,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use super::{CallView, Collective, CollectiveError, NonFiniteFound, ScatteredPart, Tag, WireBuf};
 use crate::finite;
+use crate::half_float::Half;
 
 /// Settings of a [`ThreadGroup`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,11 +339,11 @@ macro_rules! half_element {
             const NAME: &'static str = $name;
             fn accumulate(sums: &mut [f32], values: &[$ty], first: bool) {
                 if first {
-                    values.convert_to_f32_slice(sums);
+                    <$ty>::widen(values, sums);
                 } else {
                     let mut wide = [0.0f32; BLOCK];
                     let wide = &mut wide[..values.len()];
-                    values.convert_to_f32_slice(wide);
+                    <$ty>::widen(values, wide);
                     for (sum, x) in sums.iter_mut().zip(wide) {
                         *sum += *x;
                     }
@@ -359,12 +359,12 @@ macro_rules! half_element {
                 debug_assert!(!check && divisor == 1.0);
                 let mut totals = [0.0f32; BLOCK];
                 let totals = &mut totals[..sums.len()];
-                last.convert_to_f32_slice(totals);
+                <$ty>::widen(last, totals);
                 // `x + sum`: the same bits as `sum + x` (IEEE addition commutes).
                 for (x, sum) in totals.iter_mut().zip(sums) {
                     *x += *sum;
                 }
-                out.convert_from_f32_slice(totals);
+                <$ty>::narrow(totals, out);
                 true
             }
         }

@@ -19,11 +19,12 @@ use super::{NonFinite, Reducer, WireFormat};
 use crate::collective::{Collective, Tag};
 use crate::error::DdpError;
 use crate::finite;
+use crate::half_float::Half;
 use crate::stats::StepStats;
 
 /// The first value of each span that is finite in `values` but infinite in
 /// `wire`: where the conversion overflowed.
-fn overflows<'a, H: finite::Half>(
+fn overflows<'a, H: Half>(
     values: &'a [f32],
     wire: &'a [H],
     spans: impl Iterator<Item = SlotSpan> + 'a,
@@ -147,7 +148,7 @@ impl<B: AutodiffBackend, C: Collective> Reducer<B, C> {
 
     /// `bucket` cast to the compressed wire type `H` (`dtype`) on the
     /// device, checked for values the conversion turned into infinities.
-    fn cast_to_wire<H: finite::Half + Element>(
+    fn cast_to_wire<H: Half + Element>(
         &mut self,
         bucket: Tensor<B::InnerBackend, 1>,
         dtype: FloatDType,

@@ -4,12 +4,10 @@
 //! unpacking converts each span of sums straight into the gradient's own
 //! buffer: no f32 copy of the bucket in between. Both work a block at a time,
 //! so that the checks and the division run on values still in L1, and the
-//! conversions take whole slices (eight values per instruction where the CPU
-//! has conversion instructions).
+//! conversions take whole blocks (see [`crate::half_float`]).
 
-use half::slice::HalfFloatSliceExt;
-
-use crate::finite::{self, Half};
+use crate::finite;
+use crate::half_float::Half;
 
 /// Values per block: the block and its conversion stay in L1.
 const BLOCK: usize = 1024;
@@ -25,14 +23,11 @@ pub(super) struct PackFound {
 
 /// Converts `src` into `wire` (equal lengths), rounding each value to
 /// nearest; with `check`, says what is not finite and what overflowed.
-pub(super) fn pack<H: Half>(src: &[f32], wire: &mut [H], check: bool) -> PackFound
-where
-    [H]: HalfFloatSliceExt,
-{
+pub(super) fn pack<H: Half>(src: &[f32], wire: &mut [H], check: bool) -> PackFound {
     debug_assert_eq!(src.len(), wire.len());
     let mut found = PackFound::default();
     for (index, (src, wire)) in src.chunks(BLOCK).zip(wire.chunks_mut(BLOCK)).enumerate() {
-        wire.convert_from_f32_slice(src);
+        H::narrow(src, wire);
         if !check {
             continue;
         }
@@ -49,14 +44,11 @@ where
 
 /// Writes the sums `wire`, widened and divided by `divisor`, to `out` (equal
 /// lengths); with `check`, says whether every sum is finite.
-pub(super) fn unpack<H: Half>(wire: &[H], divisor: f32, out: &mut [f32], check: bool) -> bool
-where
-    [H]: HalfFloatSliceExt,
-{
+pub(super) fn unpack<H: Half>(wire: &[H], divisor: f32, out: &mut [f32], check: bool) -> bool {
     debug_assert_eq!(wire.len(), out.len());
     let mut all_finite = true;
     for (wire, out) in wire.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
-        wire.convert_to_f32_slice(out);
+        H::widen(wire, out);
         if check {
             all_finite &= finite::scale_in_place_checked(out, divisor);
         } else {
@@ -68,6 +60,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use half::slice::HalfFloatSliceExt;
     use half::{bf16, f16};
 
     use super::*;

@@ -25,7 +25,6 @@ use std::time::Instant;
 
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use super::buckets::SlotSpan;
@@ -35,6 +34,7 @@ use super::{Averaging, NonFinite, Reducer, WireFormat};
 use crate::collective::{Collective, NonFiniteFound, ScatteredPart, Tag, WireBuf};
 use crate::error::DdpError;
 use crate::finite;
+use crate::half_float::Half;
 use crate::plan::UsagePlan;
 use crate::stats::StepStats;
 
@@ -203,15 +203,13 @@ fn pack_f32<B: Backend>(
 
 /// Converts each gradient of `items` straight into its span of the 16-bit
 /// `wire` (`numel` elements), checking it in the same pass.
-fn pack_half<B: Backend, H: finite::Half + Default>(
+fn pack_half<B: Backend, H: Half + Default>(
     items: &[Item<B>],
     numel: usize,
     wire: &mut Vec<H>,
     check: bool,
     findings: &mut Findings,
-) where
-    [H]: HalfFloatSliceExt,
-{
+) {
     // No zero-fill either: every span is written below.
     wire.resize(numel, H::default());
     for item in items {

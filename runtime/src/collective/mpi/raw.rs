@@ -8,7 +8,6 @@
 
 use std::ffi::{c_int, c_void};
 
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use ::mpi::collective::SystemOperation;
@@ -254,7 +253,7 @@ impl Drop for Comm {
 }
 
 /// A 16-bit float type MPI sums with a user-defined operation.
-pub(super) trait Half: Copy {
+pub(super) trait Half: crate::half_float::Half {
     /// This type's sum operation on `comm`.
     fn sum(comm: &Comm) -> ffi::MPI_Op;
 }
@@ -291,15 +290,13 @@ const HALF_BLOCK: usize = 1024;
 /// MPI's user function for [`Half`] sums: `inout[i] = in[i] + inout[i]`,
 /// added in f32 and rounded back (the same on every rank that combines the
 /// same two values, whichever is `in`). A block at a time, converted by whole
-/// slices (eight values per instruction where the CPU has them).
+/// blocks (see [`crate::half_float`]).
 unsafe extern "C" fn sum_halves<H: Half>(
     input: *mut c_void,
     inout: *mut c_void,
     len: *mut c_int,
     _datatype: *mut ffi::MPI_Datatype,
-) where
-    [H]: HalfFloatSliceExt,
-{
+) {
     // SAFETY: MPI passes two buffers of `*len` elements of the datatype the
     // operation was called with, two-byte elements of `H`.
     let (input, inout) = unsafe {
@@ -312,12 +309,12 @@ unsafe extern "C" fn sum_halves<H: Half>(
     let (mut sums, mut addends) = ([0.0f32; HALF_BLOCK], [0.0f32; HALF_BLOCK]);
     for (inout, input) in inout.chunks_mut(HALF_BLOCK).zip(input.chunks(HALF_BLOCK)) {
         let (sums, addends) = (&mut sums[..inout.len()], &mut addends[..inout.len()]);
-        input.convert_to_f32_slice(sums);
-        inout.convert_to_f32_slice(addends);
+        H::widen(input, sums);
+        H::widen(inout, addends);
         for (sum, addend) in sums.iter_mut().zip(addends.iter()) {
             *sum += *addend;
         }
-        inout.convert_from_f32_slice(sums);
+        H::narrow(sums, inout);
     }
 }
 
