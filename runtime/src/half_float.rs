@@ -139,61 +139,58 @@ mod x86 {
         super::narrow_bf16(src, dst);
     }
 
-    /// Eight values a time with F16C; the last few through an eight-value
-    /// buffer, so that every value takes the same instruction.
+    /// Eight values a time with F16C.
     ///
     /// # Safety
     /// The CPU must have AVX and F16C.
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn widen_f16(src: &[f16], dst: &mut [f32]) {
-        let widen8 = |src: &[f16], dst: &mut [f32]| {
-            debug_assert!(src.len() == LANES && dst.len() == LANES);
+        by_eights(src, dst, |src, dst| {
             // SAFETY: eight two-byte values to read, eight f32 to write.
             unsafe {
                 let halves = _mm_loadu_si128(src.as_ptr().cast::<__m128i>());
                 _mm256_storeu_ps(dst.as_mut_ptr(), _mm256_cvtph_ps(halves));
             }
-        };
-        let mut src_chunks = src.chunks_exact(LANES);
-        let mut dst_chunks = dst.chunks_exact_mut(LANES);
-        for (src, dst) in (&mut src_chunks).zip(&mut dst_chunks) {
-            widen8(src, dst);
-        }
-        let (src, dst) = (src_chunks.remainder(), dst_chunks.into_remainder());
-        if !src.is_empty() {
-            let (mut halves, mut wide) = ([f16::ZERO; LANES], [0.0; LANES]);
-            halves[..src.len()].copy_from_slice(src);
-            widen8(&halves, &mut wide);
-            dst.copy_from_slice(&wide[..dst.len()]);
-        }
+        });
     }
 
-    /// Eight values a time with F16C, as [`widen_f16`].
+    /// Eight values a time with F16C.
     ///
     /// # Safety
     /// The CPU must have AVX and F16C.
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn narrow_f16(src: &[f32], dst: &mut [f16]) {
-        let narrow8 = |src: &[f32], dst: &mut [f16]| {
-            debug_assert!(src.len() == LANES && dst.len() == LANES);
+        by_eights(src, dst, |src, dst| {
             // SAFETY: eight f32 to read, eight two-byte values to write.
             unsafe {
                 let wide = _mm256_loadu_ps(src.as_ptr());
                 let halves = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(wide);
                 _mm_storeu_si128(dst.as_mut_ptr().cast::<__m128i>(), halves);
             }
-        };
+        });
+    }
+
+    /// Runs `convert8` on each eight values of `src` and of `dst` (equal
+    /// lengths); the last few go through eight-value buffers, so that every
+    /// value takes the same instruction. Inlined into its callers, so it is
+    /// built with their CPU features.
+    #[inline(always)]
+    fn by_eights<S: Copy + Default, D: Copy + Default>(
+        src: &[S],
+        dst: &mut [D],
+        convert8: impl Fn(&[S; LANES], &mut [D; LANES]),
+    ) {
         let mut src_chunks = src.chunks_exact(LANES);
         let mut dst_chunks = dst.chunks_exact_mut(LANES);
         for (src, dst) in (&mut src_chunks).zip(&mut dst_chunks) {
-            narrow8(src, dst);
+            convert8(src.try_into().unwrap(), dst.try_into().unwrap());
         }
         let (src, dst) = (src_chunks.remainder(), dst_chunks.into_remainder());
         if !src.is_empty() {
-            let (mut wide, mut halves) = ([0.0; LANES], [f16::ZERO; LANES]);
-            wide[..src.len()].copy_from_slice(src);
-            narrow8(&wide, &mut halves);
-            dst.copy_from_slice(&halves[..dst.len()]);
+            let (mut src_buffer, mut dst_buffer) = ([S::default(); LANES], [D::default(); LANES]);
+            src_buffer[..src.len()].copy_from_slice(src);
+            convert8(&src_buffer, &mut dst_buffer);
+            dst.copy_from_slice(&dst_buffer[..dst.len()]);
         }
     }
 }
